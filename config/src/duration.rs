@@ -1,0 +1,77 @@
+//! Human durations as operators type them on the command line and in YAML:
+//! `90s`, `30m`, `1h`, `24h`, `7d`, `1h30m`. Deliberately small: whole units
+//! only, no fractions, no months (their length is ambiguous).
+
+use std::time::Duration;
+
+/// Why a duration string was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    #[error("empty duration: write e.g. 30s, 15m, 24h or 7d")]
+    Empty,
+    #[error("invalid duration {0:?}: write whole numbers with units s, m, h or d, e.g. 1h30m")]
+    Invalid(String),
+    #[error("duration {0:?} is too large")]
+    Overflow(String),
+}
+
+/// Parses `1h30m`-style durations (units `s`, `m`, `h`, `d`).
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let invalid = || DurationError::Invalid(text.to_string());
+    let overflow = || DurationError::Overflow(text.to_string());
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit: u64 = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(invalid()),
+        };
+        if digits.is_empty() {
+            return Err(invalid());
+        }
+        let n: u64 = digits.parse().map_err(|_| overflow())?;
+        let secs = n.checked_mul(unit).ok_or_else(overflow)?;
+        total = total.checked_add(secs).ok_or_else(overflow)?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_units_and_combinations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration(" 1h30m "), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_broken_input() {
+        for bad in ["", "10", "h", "1.5h", "1w", "-1h", "1h 30m", "1H"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(matches!(
+            parse_duration("99999999999999999999d"),
+            Err(DurationError::Overflow(_))
+        ));
+    }
+}

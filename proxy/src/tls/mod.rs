@@ -1,0 +1,9 @@
+//! TLS between sidecars: SPIFFE X509-SVID rules for peer certificates and the
+//! rustls verifiers that enforce them during the handshake.
+
+pub mod config;
+pub mod svid;
+pub mod verifier;
+
+pub use svid::{SvidError, peer_id, svid_rejection};
+pub use verifier::{ClientSvidVerifier, ServerSvidVerifier};

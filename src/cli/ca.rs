@@ -1,0 +1,238 @@
+//! `ward ca init|token|serve|bundle`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use time::OffsetDateTime;
+use ward_ca::audit::AuditLog;
+use ward_ca::keys::Passphrase;
+use ward_ca::metrics::CaMetrics;
+use ward_ca::server::{CaServer, Limits};
+use ward_ca::service::SvidService;
+use ward_ca::store::{CaDir, InitOptions};
+use ward_ca::token::{self, JoinTokens};
+use ward_config::{SpiffeId, TrustDomain, parse_duration};
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create a root and an intermediate CA in DIR (keys encrypted at rest).
+    Init(InitArgs),
+    /// Print a join token bound to one SPIFFE ID.
+    Token(TokenArgs),
+    /// Serve the HTTPS issuance API.
+    Serve(ServeArgs),
+    /// Print the trust bundle (PEM, or the SPIFFE JSON bundle with --json).
+    Bundle(BundleArgs),
+}
+
+#[derive(Args)]
+pub struct DirArg {
+    /// The CA directory.
+    #[arg(long, env = "WARD_CA_DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PassphraseArgs {
+    /// File holding the key passphrase (else the WARD_CA_PASSPHRASE variable).
+    #[arg(long, env = "WARD_CA_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    /// The passphrase from the file or WARD_CA_PASSPHRASE, if either is set.
+    pub fn read(&self) -> Result<Option<Passphrase>> {
+        let text = match &self.passphrase_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the passphrase file {}", path.display()))?,
+            None => match std::env::var("WARD_CA_PASSPHRASE") {
+                Ok(text) => text,
+                Err(_) => return Ok(None),
+            },
+        };
+        Ok(Some(Passphrase::new(text)?))
+    }
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The SPIFFE trust domain, e.g. cluster.local.
+    #[arg(long, env = "WARD_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Write the private keys unencrypted (for throwaway CAs only).
+    #[arg(long)]
+    pub insecure_plaintext_key: bool,
+    /// Replace an existing CA in DIR (every SVID it issued stops verifying).
+    #[arg(long)]
+    pub force: bool,
+    /// Lifetime of the root CA.
+    #[arg(long, default_value = "3650d")]
+    pub root_ttl: String,
+    /// Lifetime of the intermediate (signing) CA.
+    #[arg(long, default_value = "365d")]
+    pub intermediate_ttl: String,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// The SPIFFE ID the token authorizes, spiffe://TD/ns/NS/sa/SA.
+    #[arg(long)]
+    pub identity: String,
+    /// How long the token stays valid.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "WARD_CA_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Names (DNS or IP) of the serving certificate; repeat for several.
+    #[arg(long = "san", env = "WARD_CA_SANS", value_delimiter = ',', default_values = ["localhost", "127.0.0.1", "::1"])]
+    pub sans: Vec<String>,
+    /// Lifetime of issued SVIDs (capped by the intermediate's expiry).
+    #[arg(long, env = "WARD_CA_SVID_TTL", default_value = "24h")]
+    pub svid_ttl: String,
+    /// Append one JSON audit line per decision to this file.
+    #[arg(long, env = "WARD_CA_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Also write audit lines to stdout.
+    #[arg(long)]
+    pub audit_stdout: bool,
+}
+
+#[derive(Args)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Print the SPIFFE bundle (JWK Set) instead of PEM.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(command: CaCommand) -> Result<()> {
+    match command {
+        CaCommand::Init(args) => init(args),
+        CaCommand::Token(args) => token(args),
+        CaCommand::Serve(args) => serve(args).await,
+        CaCommand::Bundle(args) => bundle(args),
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let passphrase = args.passphrase.read()?;
+    let passphrase = match (passphrase, args.insecure_plaintext_key) {
+        (Some(_), true) => bail!("give either a passphrase or --insecure-plaintext-key, not both"),
+        (None, false) => bail!(
+            "the CA keys must be encrypted: give --passphrase-file FILE or set WARD_CA_PASSPHRASE \
+             (or, for a throwaway CA, --insecure-plaintext-key)"
+        ),
+        (p, _) => p,
+    };
+    let opts = InitOptions {
+        trust_domain: TrustDomain::new(&args.trust_domain)?,
+        passphrase,
+        force: args.force,
+        root_ttl: parse_duration(&args.root_ttl).context("--root-ttl")?,
+        intermediate_ttl: parse_duration(&args.intermediate_ttl).context("--intermediate-ttl")?,
+    };
+    let dir = CaDir::new(&args.dir.dir);
+    dir.init(&opts, OffsetDateTime::now_utc())?;
+    println!(
+        "created CA for trust domain {} in {}",
+        opts.trust_domain,
+        args.dir.dir.display()
+    );
+    println!(
+        "  trust bundle: {}",
+        dir.path(ward_ca::store::TRUST_BUNDLE).display()
+    );
+    if opts.passphrase.is_none() {
+        println!("  WARNING: keys are stored unencrypted");
+    }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    let authority = CaDir::new(&args.dir.dir)
+        .load(args.passphrase.read()?.as_ref(), OffsetDateTime::now_utc())?;
+    let identity = SpiffeId::parse(&args.identity)?;
+    let ttl = parse_duration(&args.ttl).context("--ttl")?;
+    let (token, claims) = token::mint(&authority, &identity, ttl, OffsetDateTime::now_utc())?;
+    eprintln!(
+        "token {} for {} expires at {}",
+        claims.jti, claims.sub, claims.exp
+    );
+    println!("{token}");
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let dir = CaDir::new(&args.dir.dir);
+    let authority = dir.load(args.passphrase.read()?.as_ref(), OffsetDateTime::now_utc())?;
+    dir.check_bundle()?;
+    let svid_ttl = parse_duration(&args.svid_ttl).context("--svid-ttl")?;
+    if svid_ttl < Duration::from_secs(60) {
+        bail!("--svid-ttl must be at least 1m");
+    }
+    let audit = AuditLog::open(args.audit_log.as_deref(), args.audit_stdout)
+        .with_context(|| format!("cannot open the audit log {:?}", args.audit_log))?;
+    let service = Arc::new(SvidService {
+        authenticator: Arc::new(JoinTokens::new(&authority)),
+        authority: Arc::new(authority),
+        audit,
+        metrics: CaMetrics::new(),
+        svid_ttl,
+    });
+    let td = service.authority.trust_domain().clone();
+    let server = CaServer::bind(args.listen, args.sans, service, dir, Limits::default()).await?;
+    tracing::info!(listen = %server.local_addr()?, trust_domain = %td, "CA serving");
+    server.run(shutdown_signal()).await;
+    tracing::info!("CA stopped");
+    Ok(())
+}
+
+fn bundle(args: BundleArgs) -> Result<()> {
+    let (bundle, sequence) = CaDir::new(&args.dir.dir).load_bundle()?;
+    if args.json {
+        let doc = bundle.to_spiffe_json(sequence, Duration::from_secs(300));
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", bundle.to_pem());
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

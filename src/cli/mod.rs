@@ -1,0 +1,4 @@
+//! Subcommands of the `ward` binary.
+
+pub mod ca;
+pub mod demo;
