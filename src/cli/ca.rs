@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use ward_ca::audit::AuditLog;
 use ward_ca::keys::Passphrase;
 use ward_ca::metrics::CaMetrics;
@@ -176,9 +177,10 @@ fn token(args: TokenArgs) -> Result<()> {
     let identity = SpiffeId::parse(&args.identity)?;
     let ttl = parse_duration(&args.ttl).context("--ttl")?;
     let (token, claims) = token::mint(&authority, &identity, ttl, OffsetDateTime::now_utc())?;
+    let expires = OffsetDateTime::from_unix_timestamp(claims.exp)?.format(&Rfc3339)?;
     eprintln!(
-        "token {} for {} expires at {}",
-        claims.jti, claims.sub, claims.exp
+        "token {} for {} expires at {expires}",
+        claims.jti, claims.sub
     );
     println!("{token}");
     Ok(())
