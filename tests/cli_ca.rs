@@ -104,6 +104,56 @@ fn init_requires_an_explicit_key_protection_choice() {
 }
 
 #[test]
+fn lifetimes_out_of_range_are_refused_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca").display().to_string();
+    for (flag, value) in [
+        ("--root-ttl", "0s"),
+        ("--intermediate-ttl", "1h"),
+        ("--root-ttl", "3000000d"),
+    ] {
+        let out = run(ward(&[
+            "ca",
+            "init",
+            "--dir",
+            &dir,
+            "--trust-domain",
+            "cli.test",
+            "--insecure-plaintext-key",
+            flag,
+            value,
+        ]));
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert_no_panic(&out);
+    }
+    let out = run(ward(&[
+        "ca",
+        "init",
+        "--dir",
+        &dir,
+        "--trust-domain",
+        "cli.test",
+        "--insecure-plaintext-key",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for ttl in ["3000000d", "30s"] {
+        let out = run(ward(&[
+            "ca",
+            "serve",
+            "--dir",
+            &dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--svid-ttl",
+            ttl,
+        ]));
+        assert!(!out.status.success(), "--svid-ttl {ttl} accepted");
+        assert_no_panic(&out);
+        assert!(stderr(&out).contains("--svid-ttl"), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn init_encrypts_keys_refuses_overwrite_and_reports_wrong_passphrase() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, pass) = init_ca(tmp.path());

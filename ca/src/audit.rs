@@ -21,8 +21,12 @@ pub struct AuditRecord<'a> {
     pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// The identity the caller was authenticated as (from its credential).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<&'a str>,
+    /// The identity the CSR asked for, when it differs or was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<&'a str>,
     #[serde(

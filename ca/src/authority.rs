@@ -32,6 +32,8 @@ pub enum IssueError {
     Sign(#[from] rcgen::Error),
     #[error("the system random generator failed")]
     Random,
+    #[error("a lifetime of {0:?} is out of range")]
+    TtlOutOfRange(Duration),
 }
 
 /// A freshly issued certificate with what the audit log and response need.
@@ -171,7 +173,7 @@ impl Authority {
         // the response state exactly what the certificate says.
         let now = now.replace_nanosecond(0).unwrap_or(now);
         params.not_before = (now - CLOCK_SKEW_BACKDATE).max(self.not_before);
-        params.not_after = (now + ttl).min(self.not_after);
+        params.not_after = add_ttl(now, ttl)?.min(self.not_after);
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(spki, &self.issuer)?;
@@ -192,13 +194,22 @@ impl Authority {
     }
 }
 
-/// 16 random bytes with the top bit cleared: a positive DER INTEGER with 127
-/// bits of entropy (CA/B forum asks for at least 64).
+/// `now + ttl`, refusing lifetimes past the year 9999 instead of panicking.
+pub(crate) fn add_ttl(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, IssueError> {
+    time::Duration::try_from(ttl)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|t| t.year() <= 9999)
+        .ok_or(IssueError::TtlOutOfRange(ttl))
+}
+
+/// 16 random bytes, top bit cleared and the next one set: a positive DER
+/// INTEGER of fixed length with 126 bits of entropy (CA/B forum asks for 64).
 pub(crate) fn random_serial() -> Result<[u8; 16], IssueError> {
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| IssueError::Random)?;
     serial[0] &= 0x7f;
-    serial[0] |= 0x01 << 6; // never shorter than 16 bytes once encoded
+    serial[0] |= 0x40; // never shorter than 16 bytes once encoded
     Ok(serial)
 }
 
@@ -209,4 +220,32 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub(crate) fn pem_cert(der: &[u8]) -> String {
     pkcs8::der::pem::encode_string("CERTIFICATE", pkcs8::der::pem::LineEnding::LF, der)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_past_year_9999_are_errors_not_panics() {
+        let now = OffsetDateTime::now_utc();
+        assert!(add_ttl(now, Duration::from_secs(86_400)).is_ok());
+        let huge = Duration::from_secs(3_000_000 * 86_400);
+        assert!(matches!(
+            add_ttl(now, huge),
+            Err(IssueError::TtlOutOfRange(_))
+        ));
+        assert!(matches!(
+            add_ttl(now, Duration::MAX),
+            Err(IssueError::TtlOutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn serials_are_positive_fixed_length_and_distinct() {
+        let a = random_serial().unwrap();
+        let b = random_serial().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a[0] & 0xc0, 0x40);
+    }
 }

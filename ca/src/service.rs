@@ -92,6 +92,17 @@ pub struct Denial {
     pub token_id: Option<String>,
 }
 
+impl Denial {
+    /// The identity the CSR asked for, when that is why it was refused.
+    fn requested(&self) -> Option<&SpiffeId> {
+        match &self.reason {
+            DenyReason::CsrTrustDomain { requested, .. }
+            | DenyReason::IdentityMismatch { requested, .. } => Some(requested),
+            _ => None,
+        }
+    }
+}
+
 impl<E: Into<DenyReason>> From<E> for Denial {
     fn from(e: E) -> Self {
         Denial {
@@ -129,6 +140,7 @@ impl SvidService {
                     result: "issued",
                     reason: None,
                     identity: Some(identity.as_str()),
+                    requested: None,
                     serial: Some(&issued.serial),
                     not_after: Some(issued.not_after),
                     token_id: Some(&token_id),
@@ -174,6 +186,7 @@ impl SvidService {
             result: "denied",
             reason: Some(label),
             identity: denial.identity.as_ref().map(|i| i.as_str()),
+            requested: denial.requested().map(|i| i.as_str()),
             serial: None,
             not_after: None,
             token_id: denial.token_id.as_deref(),

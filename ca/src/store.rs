@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/root.pem               self-signed root (CA, pathlen 1, 10 y)
-//! DIR/root-key.pem           root key, PKCS#8 encrypted (offline use only)
+//! DIR/root-key.pem           root key, PKCS#8 encrypted; nothing reads it after
+//!                            init: move it to offline storage
 //! DIR/intermediate.pem       signing CA (pathlen 0, 1 y), signed by the root
 //! DIR/intermediate-key.pem   signing key, PKCS#8 encrypted
 //! DIR/trust-bundle.pem       the roots peers trust; starts as root.pem, may
@@ -303,7 +304,7 @@ fn ca_params(
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.subject_alt_names = vec![SanType::URI(td.id().as_str().try_into()?)];
     params.not_before = now - crate::authority::CLOCK_SKEW_BACKDATE;
-    params.not_after = now + ttl;
+    params.not_after = crate::authority::add_ttl(now, ttl)?;
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     Ok(params)
 }

@@ -94,17 +94,18 @@ async fn body_of_exactly_64k_is_read() {
 }
 
 /// 12a. Half the headers, then nothing: the header read timeout closes the
-/// connection. No request was made, so it is a connection timeout, not an
-/// SVID denial, and nothing is audited.
+/// connection, and since a request had started it is a `request_timeout`
+/// denial, counted and audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_connection_stalled_in_headers() {
     let limits = short_limits();
     let srv = TestServer::start_with(limits.clone()).await;
-    let series = "ward_ca_connection_timeouts_total";
-    let before = srv.metric(series).await;
-    let denied_before = srv.metric(&denied_series("request_timeout")).await;
+    let series = denied_series("request_timeout");
+    let before = srv.metric(&series).await;
+    let idle_before = srv.metric("ward_ca_connection_timeouts_total").await;
 
     let mut tls = srv.tls().await;
+    let local = tls.get_ref().0.local_addr().unwrap();
     bounded(
         "write",
         tls.write_all(b"POST /v1/svid HTTP/1.1\r\nHost: localhost\r\nAuthoriz"),
@@ -133,12 +134,14 @@ async fn closes_connection_stalled_in_headers() {
     }
 
     let after = srv
-        .wait_metric(series, before + 1.0, Duration::from_secs(2))
+        .wait_metric(&series, before + 1.0, Duration::from_secs(2))
         .await;
-    assert_eq!(after, before + 1.0, "connection timeout counted once");
-    let denied_after = srv.metric(&denied_series("request_timeout")).await;
-    assert_eq!(denied_after, denied_before, "no SVID request was denied");
-    assert!(srv.audit().is_empty(), "nothing to audit");
+    assert_eq!(after, before + 1.0, "request_timeout counted once");
+    let idle_after = srv.metric("ward_ca_connection_timeouts_total").await;
+    assert_eq!(idle_after, idle_before, "not counted as an idle connection");
+    let lines = srv.wait_audit(1, Duration::from_secs(2)).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    srv.expect_audit_denied("request_timeout", local, None, None);
 }
 
 /// 12b. Headers promise 1000 body bytes, 10 arrive: 408 after the request

@@ -115,7 +115,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WARD_CA_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
     /// Also write audit lines to stdout.
-    #[arg(long)]
+    #[arg(long, env = "WARD_CA_AUDIT_STDOUT")]
     pub audit_stdout: bool,
 }
 
@@ -154,6 +154,10 @@ fn init(args: InitArgs) -> Result<()> {
         root_ttl: parse_duration(&args.root_ttl).context("--root-ttl")?,
         intermediate_ttl: parse_duration(&args.intermediate_ttl).context("--intermediate-ttl")?,
     };
+    if opts.intermediate_ttl < Duration::from_secs(86_400) || opts.root_ttl < opts.intermediate_ttl
+    {
+        bail!("lifetimes must satisfy 1d <= --intermediate-ttl <= --root-ttl");
+    }
     let dir = CaDir::new(&args.dir.dir);
     dir.init(&opts, OffsetDateTime::now_utc())?;
     println!(
@@ -191,8 +195,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let authority = dir.load(args.passphrase.read()?.as_ref(), OffsetDateTime::now_utc())?;
     dir.check_bundle()?;
     let svid_ttl = parse_duration(&args.svid_ttl).context("--svid-ttl")?;
-    if svid_ttl < Duration::from_secs(60) {
-        bail!("--svid-ttl must be at least 1m");
+    if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&svid_ttl) {
+        bail!("--svid-ttl must be between 1m and 30d (SVIDs are meant to be short-lived)");
     }
     let audit = AuditLog::open(args.audit_log.as_deref(), args.audit_stdout)
         .with_context(|| format!("cannot open the audit log {:?}", args.audit_log))?;

@@ -46,10 +46,9 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let workdir = std::env::temp_dir().join(format!("ward-demo-{}", std::process::id()));
-    let result = scenario(&workdir, args.once).await;
-    let _ = std::fs::remove_dir_all(&workdir);
-    result
+    // A fresh 0700 directory, removed when the demo ends (also on error).
+    let workdir = tempfile::Builder::new().prefix("ward-demo-").tempdir()?;
+    scenario(workdir.path(), args.once).await
 }
 
 async fn scenario(workdir: &Path, once: bool) -> Result<()> {

@@ -4,12 +4,14 @@
 //! timeout (see [`Limits`]). Shutdown stops accepting and lets in-flight
 //! requests finish within a grace period.
 
+mod progress;
 mod routes;
 mod serving_cert;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -22,8 +24,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::IssueError;
-use crate::service::SvidService;
+use crate::service::{Denial, DenyReason, SvidService};
 use crate::store::CaDir;
+use progress::RequestProgress;
 pub use routes::Routes;
 pub use serving_cert::ServingCert;
 
@@ -163,15 +166,20 @@ impl CaServer {
                 // The header read timeout runs from the start of the
                 // connection and between keep-alive requests, so a client
                 // that never sends (or stalls in its headers) is closed.
+                let (io, mid_request) = RequestProgress::new(tls);
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.request_timeout)
                     .max_buf_size(limits.max_body.max(16 * 1024))
-                    .serve_connection(TokioIo::new(tls), svc);
+                    .serve_connection(TokioIo::new(io), svc);
                 if let Err(e) = watcher.watch(conn).await {
-                    if e.is_timeout() {
-                        // No request was started, or its headers stalled:
-                        // a connection event, not an SVID decision.
+                    if e.is_timeout() && mid_request.load(Ordering::Relaxed) {
+                        // A request started but its headers never completed.
+                        routes
+                            .service
+                            .reject(&Denial::from(DenyReason::Timeout), client);
+                    } else if e.is_timeout() {
+                        // Idle keep-alive, or nothing ever sent: not a request.
                         routes.service.metrics.connection_timeouts.inc();
                     } else {
                         tracing::debug!(%client, error = %e, "connection ended with an error");
