@@ -41,6 +41,8 @@ enum Command {
     },
     /// Run a local mesh end to end and print what happened.
     Demo(cli::demo::DemoArgs),
+    /// The sidecar: mutual TLS between workloads (explicit mode).
+    Proxy(Box<cli::proxy::ProxyArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Ca { command } => cli::ca::run(command).await,
             Command::Demo(args) => cli::demo::run(args).await,
+            Command::Proxy(args) => cli::proxy::run(*args).await,
         }
     });
     match result {

@@ -2,3 +2,4 @@
 
 pub mod ca;
 pub mod demo;
+pub mod proxy;

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod mesh;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,7 +3,9 @@
 
 pub mod ca_client;
 pub mod csr;
+pub mod manager;
 pub mod svid;
 
 pub use ca_client::{CaClient, CaClientError};
+pub use manager::{Identity, IdentityConfig, IdentityError, IdentityManager};
 pub use svid::{Svid, SvidInstallError};

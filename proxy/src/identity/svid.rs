@@ -29,6 +29,7 @@ pub enum SvidInstallError {
 #[derive(Clone)]
 pub struct Svid {
     pub id: SpiffeId,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub certified: Arc<CertifiedKey>,
 }
@@ -66,12 +67,14 @@ impl Svid {
         if &id != requested {
             return Err(SvidInstallError::WrongIdentity(id.to_string()));
         }
+        let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signer = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
             .map_err(|e| SvidInstallError::Key(e.to_string()))?;
         Ok(Self {
             id,
+            not_before,
             not_after,
             certified: Arc::new(CertifiedKey::new(chain, signer)),
         })

@@ -2,8 +2,11 @@
 //! rustls verifiers that enforce them during the handshake.
 
 pub mod config;
+pub mod failure;
+pub mod mesh;
 pub mod svid;
 pub mod verifier;
 
+pub use mesh::{MeshTls, MeshTlsError};
 pub use svid::{SvidError, peer_id, svid_rejection};
 pub use verifier::{ClientSvidVerifier, ServerSvidVerifier};

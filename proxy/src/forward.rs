@@ -1,0 +1,140 @@
+//! Carrying bytes between the two sides of a proxied connection: both
+//! directions at once, half-close passed through (EOF on one side becomes a
+//! write shutdown on the other, the other direction carries on), an idle
+//! timeout on the pair, and live byte counters.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Buffer per direction: large enough for TLS records, small enough for
+/// ten thousand connections.
+const BUFFER: usize = 16 * 1024;
+
+/// Why a splice ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Copies `a` <-> `b` until both directions are done, or nothing moved for
+/// `idle`. `a_to_b` and `b_to_a` count bytes as they flow.
+pub async fn splice<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    a_to_b: IntCounter,
+    b_to_a: IntCounter,
+) -> Result<(), SpliceError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = Arc::new(Activity::new());
+    let mut a = Metered {
+        inner: a,
+        counter: a_to_b,
+        clock: clock.clone(),
+    };
+    let mut b = Metered {
+        inner: b,
+        counter: b_to_a,
+        clock: clock.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
+    tokio::pin!(copy);
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            res = &mut copy => return res.map(|_| ()).map_err(SpliceError::Io),
+            () = tokio::time::sleep(tick) => {
+                if clock.idle_for() >= idle {
+                    return Err(SpliceError::Idle(idle));
+                }
+            }
+        }
+    }
+}
+
+/// When anything last moved, in milliseconds since the splice began.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A stream that counts what is read from it and notes activity.
+struct Metered<S> {
+    inner: S,
+    counter: IntCounter,
+    clock: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counter.inc_by(n as u64);
+            self.clock.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.touch();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

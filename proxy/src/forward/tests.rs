@@ -1,0 +1,48 @@
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn counters() -> (IntCounter, IntCounter) {
+    (
+        IntCounter::new("a", "a").unwrap(),
+        IntCounter::new("b", "b").unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn carries_both_ways_and_passes_half_close() {
+    let (client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, server) = tokio::io::duplex(1024);
+    let (ab, ba) = counters();
+    let task = tokio::spawn(splice(
+        proxy_a,
+        proxy_b,
+        Duration::from_secs(5),
+        ab.clone(),
+        ba.clone(),
+    ));
+    let (mut client, mut server) = (client, server);
+    client.write_all(b"request").await.unwrap();
+    client.shutdown().await.unwrap(); // half-close: client is done sending
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap(); // sees EOF after the request
+    assert_eq!(got, b"request");
+    server.write_all(b"late response").await.unwrap(); // other direction still open
+    server.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).await.unwrap();
+    assert_eq!(resp, b"late response");
+    task.await.unwrap().unwrap();
+    assert_eq!(ab.get(), 7);
+    assert_eq!(ba.get(), 13);
+}
+
+#[tokio::test]
+async fn idle_pairs_are_closed() {
+    let (_client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, _server) = tokio::io::duplex(1024);
+    let (ab, ba) = counters();
+    let started = Instant::now();
+    let res = splice(proxy_a, proxy_b, Duration::from_millis(100), ab, ba).await;
+    assert!(matches!(res, Err(SpliceError::Idle(_))));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -1,0 +1,115 @@
+//! Inbound: terminate mutual TLS from other sidecars and forward to the
+//! local app. The handshake requires a client SVID of our trust domain;
+//! the verified peer identity labels every metric and log line (and is
+//! what policy will authorize, issue 4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::Shared;
+use crate::dst::OriginalDst;
+use crate::forward::splice;
+use crate::listener::{ConnectionRecord, accept_loop};
+use crate::metrics::INBOUND;
+use crate::tls::failure::handshake_failure;
+use crate::tls::peer_id;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, dst: Arc<dyn OriginalDst>) {
+    let handler_shared = shared.clone();
+    accept_loop(listener, shared, INBOUND, move |tcp, client, record| {
+        let shared = handler_shared.clone();
+        let dst = dst.clone();
+        async move { handle(tcp, client, record, shared, dst).await }
+    })
+    .await;
+}
+
+async fn handle(
+    tcp: TcpStream,
+    client: SocketAddr,
+    mut record: ConnectionRecord,
+    shared: Arc<Shared>,
+    dst: Arc<dyn OriginalDst>,
+) {
+    let m = &shared.metrics;
+    let handshake_error = |reason: &str| {
+        m.handshake_errors
+            .with_label_values(&[INBOUND, reason])
+            .inc()
+    };
+    let target = match dst.original_dst(&tcp) {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "cannot recover the original destination");
+            m.connection_errors
+                .with_label_values(&[INBOUND, "no_original_dst"])
+                .inc();
+            return;
+        }
+    };
+    let config = match shared.tls.server() {
+        Ok(config) => config,
+        Err(e) => {
+            handshake_error("no_identity");
+            tracing::warn!(%client, error = %e, "refusing inbound connection");
+            return;
+        }
+    };
+    let accept = TlsAcceptor::from(config).accept(tcp);
+    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake_failure(&e);
+            handshake_error(reason);
+            tracing::info!(%client, reason, error = %e, "inbound handshake failed");
+            return;
+        }
+        Err(_) => {
+            handshake_error("timeout");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let peer = match conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|leaf| peer_id(leaf, shared.identity.trust_domain()))
+    {
+        Some(Ok(peer)) => peer,
+        // The verifier already enforced this; a failure here is a bug, fail closed.
+        _ => {
+            handshake_error("invalid_certificate");
+            return;
+        }
+    };
+    record.peer = peer.to_string();
+    let app = match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(target))
+        .await
+    {
+        Ok(Ok(app)) => app,
+        Ok(Err(e)) => {
+            m.connection_errors
+                .with_label_values(&[INBOUND, "app_unreachable"])
+                .inc();
+            tracing::warn!(%peer, app = %target, error = %e, "cannot reach the app");
+            return;
+        }
+        Err(_) => {
+            m.connection_errors
+                .with_label_values(&[INBOUND, "app_connect_timeout"])
+                .inc();
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let received = m
+        .bytes
+        .with_label_values(&[INBOUND, &record.peer, "received"]);
+    let sent = m.bytes.with_label_values(&[INBOUND, &record.peer, "sent"]);
+    if let Err(e) = splice(tls, app, shared.limits.idle_timeout, received, sent).await {
+        tracing::debug!(%peer, error = %e, "inbound connection ended");
+    }
+}

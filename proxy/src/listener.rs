@@ -1,0 +1,103 @@
+//! The accept loop every listener shares: a connection cap, the drain
+//! (stop accepting; close what is left when the drain times out) and the
+//! per-connection metrics guard.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::Shared;
+
+/// Counts a connection open while alive; on drop, closed under its peer.
+pub struct ConnectionRecord {
+    shared: Arc<Shared>,
+    direction: &'static str,
+    open: IntGauge,
+    pub peer: String,
+}
+
+impl ConnectionRecord {
+    fn new(shared: Arc<Shared>, direction: &'static str) -> Self {
+        shared
+            .metrics
+            .connections_opened
+            .with_label_values(&[direction])
+            .inc();
+        let open = shared
+            .metrics
+            .open_connections
+            .with_label_values(&[direction]);
+        open.inc();
+        Self {
+            shared,
+            direction,
+            open,
+            peer: "unknown".into(),
+        }
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.shared
+            .metrics
+            .connections_closed
+            .with_label_values(&[self.direction, &self.peer])
+            .inc();
+    }
+}
+
+/// Accepts until the drain starts; runs `handle` for each connection.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, ConnectionRecord) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let handle = Arc::new(handle);
+    loop {
+        // Wait for a slot first: over the cap, connections queue in the
+        // kernel backlog instead of being accepted and dropped.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            () = shared.drain.draining() => return,
+        };
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(direction, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shared.drain.draining() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let record = ConnectionRecord::new(shared.clone(), direction);
+        let guard = shared.drain.connection();
+        let drain = shared.drain.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _guard = guard;
+            tokio::select! {
+                () = handle(tcp, peer_addr, record) => {}
+                () = drain.closing() => {}
+            }
+        });
+    }
+}

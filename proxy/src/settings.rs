@@ -1,0 +1,105 @@
+//! What `ward proxy` is told to do (built by the CLI from flags and `WARD_*`
+//! variables, or by tests directly).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::identity::IdentityConfig;
+
+/// Resource limits with defaults that suit a sidecar.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Per listener; more connections wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `--forward LISTEN=SERVICE[:PORT]`: plaintext from the local app on
+/// LISTEN goes to SERVICE over mTLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub listen: SocketAddr,
+    pub service: String,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "invalid --forward {s:?}: expected LISTEN=SERVICE[:PORT], e.g. 127.0.0.1:9001=orders:8080"
+            )
+        };
+        let (listen, target) = s.split_once('=').ok_or_else(usage)?;
+        let listen = listen.parse().map_err(|_| usage())?;
+        let (service, port) = match target.split_once(':') {
+            Some((svc, port)) => (svc, Some(port.parse().map_err(|_| usage())?)),
+            None => (target, None),
+        };
+        if service.is_empty() {
+            return Err(usage());
+        }
+        Ok(Self {
+            listen,
+            service: service.to_string(),
+            port,
+        })
+    }
+}
+
+/// `--inbound LISTEN --app ADDR`: mTLS on LISTEN, forwarded to ADDR.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+}
+
+pub struct ProxySettings {
+    pub identity: IdentityConfig,
+    pub mesh_file: PathBuf,
+    pub inbound: Option<Inbound>,
+    pub forwards: Vec<Forward>,
+    pub admin: SocketAddr,
+    pub limits: Limits,
+    pub drain_timeout: Duration,
+    /// How often the mesh file is checked for changes.
+    pub reload_interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_forwards() {
+        let f: Forward = "127.0.0.1:9001=orders:8080".parse().unwrap();
+        assert_eq!(f.service, "orders");
+        assert_eq!(f.port, Some(8080));
+        let f: Forward = "[::1]:9001=db".parse().unwrap();
+        assert_eq!(f.port, None);
+        for bad in [
+            "orders",
+            "127.0.0.1:9001=",
+            "x=orders",
+            "127.0.0.1:9001=orders:http",
+        ] {
+            assert!(bad.parse::<Forward>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `ward proxy`: the sidecar, in explicit mode (static listeners).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ward_config::{SpiffeId, parse_duration};
+use ward_proxy::Proxy;
+use ward_proxy::identity::{CaClient, IdentityConfig};
+use ward_proxy::settings::{Forward, Inbound, Limits, ProxySettings};
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// This workload's SPIFFE ID (the CA issues it only if the token allows).
+    #[arg(long, env = "WARD_IDENTITY")]
+    pub identity: String,
+    /// The CA's URL, e.g. https://ward-ca.ward-system.svc:8443.
+    #[arg(long, env = "WARD_CA_URL")]
+    pub ca: String,
+    /// PEM roots to verify the CA with; also the initial trust bundle.
+    #[arg(long, env = "WARD_CA_BUNDLE")]
+    pub ca_bundle: PathBuf,
+    /// File holding the bearer token (re-read at every renewal).
+    #[arg(long, env = "WARD_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// The mesh file (services, identities, endpoints, ports); reloaded on change.
+    #[arg(long, env = "WARD_MESH")]
+    pub mesh: PathBuf,
+    /// Accept mesh (mTLS) connections here...
+    #[arg(long, env = "WARD_INBOUND", requires = "app")]
+    pub inbound: Option<SocketAddr>,
+    /// ...and forward them to the app here.
+    #[arg(long, env = "WARD_APP", requires = "inbound")]
+    pub app: Option<SocketAddr>,
+    /// LISTEN=SERVICE[:PORT]: plaintext from the app on LISTEN goes to SERVICE over mTLS. Repeatable.
+    #[arg(long = "forward", env = "WARD_FORWARD", value_delimiter = ',')]
+    pub forwards: Vec<Forward>,
+    /// Admin server (/metrics, /ready, /live).
+    #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]
+    pub admin: SocketAddr,
+    /// On SIGTERM, how long open connections may finish.
+    #[arg(long, env = "WARD_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: String,
+    #[arg(long, env = "WARD_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: String,
+    /// Close connections with no traffic either way for this long.
+    #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "1h")]
+    pub idle_timeout: String,
+    /// Per listener.
+    #[arg(long, env = "WARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How often the trust bundle is refreshed from the CA.
+    #[arg(long, env = "WARD_BUNDLE_REFRESH", default_value = "5m")]
+    pub bundle_refresh: String,
+}
+
+fn duration(flag: &str, value: &str) -> Result<Duration> {
+    let d = parse_duration(value).with_context(|| flag.to_string())?;
+    if d.is_zero() {
+        bail!("{flag} must be greater than zero");
+    }
+    Ok(d)
+}
+
+pub async fn run(args: ProxyArgs) -> Result<()> {
+    let id = SpiffeId::parse(&args.identity).context("--identity")?;
+    id.workload().context("--identity")?;
+    let bundle = std::fs::read_to_string(&args.ca_bundle)
+        .with_context(|| format!("cannot read --ca-bundle {}", args.ca_bundle.display()))?;
+    if args.inbound.is_none() && args.forwards.is_empty() {
+        bail!("nothing to do: give --inbound LISTEN --app ADDR and/or --forward LISTEN=SERVICE");
+    }
+    let settings = ProxySettings {
+        identity: IdentityConfig {
+            id,
+            ca: CaClient::new(&args.ca, &bundle)?,
+            token_file: args.token_file,
+            initial_bundle_pem: bundle,
+            bundle_refresh: duration("--bundle-refresh", &args.bundle_refresh)?,
+        },
+        mesh_file: args.mesh,
+        inbound: args
+            .inbound
+            .zip(args.app)
+            .map(|(listen, app)| Inbound { listen, app }),
+        forwards: args.forwards,
+        admin: args.admin,
+        limits: Limits {
+            handshake_timeout: duration("--handshake-timeout", &args.handshake_timeout)?,
+            idle_timeout: duration("--idle-timeout", &args.idle_timeout)?,
+            max_connections: args.max_connections.max(1),
+            ..Limits::default()
+        },
+        drain_timeout: duration("--drain-timeout", &args.drain_timeout)?,
+        reload_interval: Duration::from_secs(2),
+    };
+    let proxy = Proxy::bind(settings).await?;
+    tracing::info!(
+        inbound = ?proxy.inbound_addr(),
+        forwards = ?proxy.forward_addrs(),
+        admin = ?proxy.admin_addr(),
+        "proxy listening"
+    );
+    proxy.run(crate::cli::ca::shutdown_signal()).await;
+    Ok(())
+}
