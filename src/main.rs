@@ -22,6 +22,9 @@ struct Cli {
         env = "WARD_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// Worker threads of the async runtime (default: one per CPU).
+    #[arg(long, global = true, env = "WARD_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +59,12 @@ fn main() -> std::process::ExitCode {
         "info,rustls::msgs=error"
     };
     init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = cli.workers {
+        builder.worker_threads(workers.max(1));
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -3,9 +3,9 @@
 //! ports and protocols behind them. The reference for operators is
 //! `docs/mesh.md`.
 //!
-//! Loading is two steps on purpose. [`raw`] reads the YAML into span-carrying
+//! Loading is two steps on purpose. `raw` reads the YAML into span-carrying
 //! serde structs, so the parser alone decides syntax, unknown fields,
-//! duplicate keys and resource budgets. [`validate`] then turns those into the
+//! duplicate keys and resource budgets. `validate` then turns those into the
 //! typed structs below and checks everything the types cannot say, pointing
 //! each error at the offending line. Callers only ever see a fully validated
 //! [`MeshConfig`]: the proxy keeps its last good one when a reload fails.
@@ -155,21 +155,18 @@ impl MeshConfig {
     /// callers on a hot path with very large meshes may want an index.
     pub fn by_destination(&self, dst: SocketAddr) -> Option<(&Service, &PortSpec)> {
         let (ip, port) = (dst.ip().to_canonical(), dst.port());
-        let exact = self.services.values().find_map(|service| {
-            let hit = service
-                .endpoints
-                .iter()
-                .any(|e| e.ip() == ip && e.port() == port);
-            let spec = service.port(port).or_else(|| service.ports.first());
-            hit.then_some(spec).flatten().map(|spec| (service, spec))
+        let exact = self.services.values().find(|service| {
+            let mut endpoints = service.endpoints.iter();
+            endpoints.any(|e| e.ip() == ip && e.port() == port)
         });
-        exact.or_else(|| {
-            self.services.values().find_map(|service| {
-                let on_ip = service.endpoints.iter().any(|e| e.ip() == ip);
-                let spec = service.port(port);
-                on_ip.then_some(spec).flatten().map(|spec| (service, spec))
-            })
-        })
+        if let Some(service) = exact {
+            let spec = service.port(port).or_else(|| service.ports.first())?;
+            return Some((service, spec));
+        }
+        self.services
+            .values()
+            .filter(|service| service.endpoints.iter().any(|e| e.ip() == ip))
+            .find_map(|service| service.port(port).map(|spec| (service, spec)))
     }
 }
 

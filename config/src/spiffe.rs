@@ -222,8 +222,9 @@ impl FromStr for SpiffeId {
     }
 }
 
-/// RFC 1123 label, as Kubernetes requires of namespace names.
-fn is_dns_label(s: &str) -> bool {
+/// RFC 1123 label, as Kubernetes requires of namespace (and ward of
+/// service) names.
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

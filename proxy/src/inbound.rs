@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 use crate::dst::OriginalDst;
-use crate::forward::splice;
+use crate::forward::{splice, tls_transport};
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::INBOUND;
 use crate::tls::failure::handshake_failure;
@@ -58,7 +58,7 @@ async fn handle(
             return;
         }
     };
-    let accept = TlsAcceptor::from(config).accept(tcp);
+    let accept = TlsAcceptor::from(config).accept(tls_transport(tcp));
     let tls = match tokio::time::timeout(shared.limits.handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

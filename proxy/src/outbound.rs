@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustls::pki_types::ServerName;
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use ward_config::mesh::Service;
 
 use crate::Shared;
-use crate::forward::splice;
+use crate::forward::{splice, tls_transport};
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::OUTBOUND;
 use crate::tls::failure::handshake_failure;
@@ -80,7 +81,7 @@ async fn connect(
     service: &Service,
     route: &Route,
     shared: &Shared,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<TlsStream<BufReader<TcpStream>>> {
     let m = &shared.metrics;
     let config = match shared.tls.client(&service.identity) {
         Ok(config) => config,
@@ -110,8 +111,8 @@ async fn connect(
             Err(_) => continue,
         };
         let _ = tcp.set_nodelay(true);
-        let handshake =
-            TlsConnector::from(config.clone()).connect(ServerName::from(endpoint.ip()), tcp);
+        let handshake = TlsConnector::from(config.clone())
+            .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
         return match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(e)) => {

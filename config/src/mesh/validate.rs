@@ -3,6 +3,7 @@
 //! so the first message is the first problem an operator would meet reading
 //! down the file.
 
+use crate::spiffe::is_dns_label;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,7 +16,7 @@ use crate::spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Port insertions the overlap check may spend. Only services that share an
 /// IP address cost anything; real meshes stay orders of magnitude below.
-const MAX_OVERLAP_WORK: usize = 1 << 22;
+const MAX_OVERLAP_WORK: usize = 1 << 20;
 
 /// A validated service with the positions the cross-service checks report.
 struct Checked {
@@ -273,15 +274,4 @@ fn check_overlaps(checked: &[Checked], file: &str) -> Result<(), MeshError> {
         }
     }
     Ok(())
-}
-
-/// RFC 1123 label, as Kubernetes requires of Service names. (The same rule
-/// as in `spiffe.rs`, which keeps its copy private.)
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }

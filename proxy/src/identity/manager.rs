@@ -3,7 +3,7 @@
 //! - At start: generate a P-256 key in memory, send a CSR with the bearer
 //!   token (re-read from its file every time: Kubernetes rotates projected
 //!   tokens), verify the returned chain against the trust bundle, publish.
-//! - Renew at half the SVID's lifetime, ±10 % jitter so a fleet started
+//! - Renew at half the SVID's lifetime (as received), ±10 % jitter so a fleet started
 //!   together does not renew together.
 //! - On failure: retry with exponential backoff (1 s doubling to 5 min,
 //!   jittered) while the current SVID keeps serving; once it has expired
@@ -244,13 +244,14 @@ fn verify_chain(svid: &Svid, roots: &RootCertStore) -> Result<(), IdentityError>
     .map_err(IdentityError::Untrusted)
 }
 
-/// Half the lifetime from notBefore, ±10 %, at least a second from now.
-fn renewal_delay(svid: &Svid, now: OffsetDateTime) -> Duration {
-    let lifetime = (svid.not_after - svid.not_before).as_seconds_f64().max(0.0);
+/// Half of the SVID's remaining lifetime at receipt (±10 %), at least a
+/// second. Measured from now, not from notBefore: the CA backdates
+/// notBefore for clock skew, and counting that would renew early (or, for
+/// short-lived SVIDs, continuously).
+fn renewal_delay(svid: &Svid, received: OffsetDateTime) -> Duration {
+    let remaining = (svid.not_after - received).as_seconds_f64().max(0.0);
     let jitter = 0.9 + 0.2 * rand::random::<f64>();
-    let renew_at = svid.not_before + time::Duration::seconds_f64(lifetime / 2.0 * jitter);
-    let wait = (renew_at - now).as_seconds_f64();
-    Duration::from_secs_f64(wait.max(1.0))
+    Duration::from_secs_f64((remaining / 2.0 * jitter).max(1.0))
 }
 
 /// 1 s, 2 s, 4 s ... capped at 5 min, each drawn from [half, full].
