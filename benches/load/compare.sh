@@ -8,6 +8,7 @@
 #
 #   benches/load/compare.sh                  # all scenarios
 #   WORKERS=2 DURATION=20 benches/load/compare.sh
+#   SCENARIOS="stream" benches/load/compare.sh
 #
 # Scenarios (issue 3 targets):
 #   rps     HTTP/1.1 keep-alive, ~100-byte responses, 32 connections (wrk)
@@ -21,6 +22,8 @@ root=$(cd "$here/../.." && pwd)
 peers=${PEERS:-$root/../shared/peers/peers.sh}
 WORKERS=${WORKERS:-1}
 DURATION=${DURATION:-10}
+SCENARIOS=${SCENARIOS:-rps p99 stream}
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 APP=18080; NGINX=19001; HAPROXY=19002
 WARD_OUT=19003; WARD_IN=19445; WARD_CA=18643; ADMIN_IN=19020; ADMIN_OUT=19021
 
@@ -80,6 +83,7 @@ echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
 echo "## rss: idle after first certificate (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"
 
+if wants rps; then
 echo "## rps: wrk -t1 -c32 -d${DURATION}s, keep-alive, ~100-byte responses"
 declare -A rps
 for i in "${!names[@]}"; do
@@ -89,7 +93,9 @@ for i in "${!names[@]}"; do
   echo "${names[$i]}: ${rps[${names[$i]}]} req/s  p99 $(awk '$1=="99%" {print $2}' <<<"$out") ${errs}"
 done
 echo "ratio ward/haproxy: $(awk -v a=${rps[ward]} -v b=${rps[haproxy]} 'BEGIN {printf "%.2f", a/b}')  ward/nginx: $(awk -v a=${rps[ward]} -v b=${rps[nginx]} 'BEGIN {printf "%.2f", a/b}')  ward/direct: $(awk -v a=${rps[ward]} -v b=${rps[direct]} 'BEGIN {printf "%.2f", a/b}')"
+fi
 
+if wants p99; then
 echo "## p99: hey -z ${DURATION}s -c 20 -q 100 (2,000 req/s fixed)"
 declare -A p99
 for i in "${!names[@]}"; do
@@ -99,7 +105,9 @@ for i in "${!names[@]}"; do
 done
 awk -v d=${p99[direct]} -v w=${p99[ward]} -v h=${p99[haproxy]} -v n=${p99[nginx]} 'BEGIN {
   printf "added p99 over direct: ward %.3f ms, haproxy %.3f ms, nginx %.3f ms\n", (w-d)*1000, (h-d)*1000, (n-d)*1000 }'
+fi
 
+if wants stream; then
 echo "## stream: wrk -t1 -c1 -d${DURATION}s /1m (1 MiB responses back to back on one connection)"
 declare -A mbs
 for i in "${!names[@]}"; do
@@ -108,4 +116,5 @@ for i in "${!names[@]}"; do
   echo "${names[$i]}: ${mbs[${names[$i]}]} MB/s"
 done
 echo "ratio ward/direct: $(awk -v a=${mbs[ward]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')  haproxy/direct: $(awk -v a=${mbs[haproxy]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')"
+fi
 echo "## rss after load (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"
