@@ -37,27 +37,30 @@ pub enum SpliceError {
 }
 
 /// Copies `a` <-> `b` until both directions are done, or nothing moved for
-/// `idle`. `a_to_b` and `b_to_a` count bytes as they flow.
+/// `idle`. `a_to_b` and `b_to_a`, if given, count bytes as they flow.
 pub async fn splice<A, B>(
     a: A,
     b: B,
     idle: Duration,
-    a_to_b: IntCounter,
-    b_to_a: IntCounter,
+    a_to_b: Option<IntCounter>,
+    b_to_a: Option<IntCounter>,
 ) -> Result<(), SpliceError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let clock = Arc::new(Activity::new());
+    // Each side counts what is read from it; writes are the other's reads.
     let mut a = Metered {
         inner: a,
-        counter: a_to_b,
+        reads: a_to_b,
+        writes: None,
         clock: clock.clone(),
     };
     let mut b = Metered {
         inner: b,
-        counter: b_to_a,
+        reads: b_to_a,
+        writes: None,
         clock: clock.clone(),
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
@@ -72,6 +75,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// Counts bytes read from and written to `stream`, for connections that
+/// are served rather than spliced (HTTP).
+pub fn metered<S>(stream: S, reads: IntCounter, writes: IntCounter) -> Metered<S> {
+    Metered {
+        inner: stream,
+        reads: Some(reads),
+        writes: Some(writes),
+        clock: Arc::new(Activity::new()),
     }
 }
 
@@ -100,10 +114,12 @@ impl Activity {
     }
 }
 
-/// A stream that counts what is read from it and notes activity.
-struct Metered<S> {
+/// A stream that counts what is read from it (and, if asked, what is
+/// written to it) and notes activity.
+pub struct Metered<S> {
     inner: S,
-    counter: IntCounter,
+    reads: Option<IntCounter>,
+    writes: Option<IntCounter>,
     clock: Arc<Activity>,
 }
 
@@ -117,7 +133,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.counter.inc_by(n as u64);
+            if let Some(reads) = &self.reads {
+                reads.inc_by(n as u64);
+            }
             self.clock.touch();
         }
         res
@@ -131,8 +149,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.clock.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if let Some(writes) = &self.writes {
+                writes.inc_by(n as u64);
+            }
+            if n > 0 {
+                self.clock.touch();
+            }
         }
         res
     }

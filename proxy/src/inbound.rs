@@ -1,17 +1,25 @@
 //! Inbound: terminate mutual TLS from other sidecars and forward to the
 //! local app. The handshake requires a client SVID of our trust domain;
 //! the verified peer identity labels every metric and log line (and is
-//! what policy will authorize, issue 4).
+//! what policy will authorize, issue 4). The port's declared protocol picks
+//! the path: `tcp` is spliced at once (server-speaks-first safe), `http` is
+//! served request by request, `detect` sniffs first (see `http::detect`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use ward_config::Protocol;
 
 use crate::Shared;
 use crate::dst::OriginalDst;
 use crate::forward::{splice, tls_transport};
+use crate::http::{
+    self,
+    detect::{Detected, sniff},
+};
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::INBOUND;
 use crate::tls::failure::handshake_failure;
@@ -73,19 +81,59 @@ async fn handle(
         }
     };
     let (_, conn) = tls.get_ref();
-    let peer = match conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|leaf| peer_id(leaf, shared.identity.trust_domain()))
-    {
-        Some(Ok(peer)) => peer,
-        // The verifier already enforced this; a failure here is a bug, fail closed.
-        _ => {
-            handshake_error("invalid_certificate");
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let Some(Ok(peer)) = leaf.map(|leaf| peer_id(leaf, shared.identity.trust_domain())) else {
+        // The verifier already enforced this; a failure here is a bug: fail closed.
+        handshake_error("invalid_certificate");
+        return;
+    };
+    record.peer = peer.to_string();
+    let protocol = local_protocol(&shared, target.port());
+    if protocol == Protocol::Tcp {
+        // Declared opaque: never wait for the client to speak first.
+        return splice_to_app(tls, target, &record.peer, &shared).await;
+    }
+    let timeout = match protocol {
+        Protocol::Http => shared.limits.handshake_timeout,
+        _ => shared.limits.detect_timeout,
+    };
+    let (detected, io) = match sniff(tls, timeout).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended before protocol detection");
             return;
         }
     };
-    record.peer = peer.to_string();
+    match (detected, protocol) {
+        (Detected::Opaque, Protocol::Http) => {
+            m.connection_errors
+                .with_label_values(&[INBOUND, "not_http"])
+                .inc();
+            tracing::info!(%peer, port = target.port(), "non-HTTP bytes on a port declared http");
+        }
+        (Detected::Opaque, _) => splice_to_app(io, target, &record.peer, &shared).await,
+        (version, _) => {
+            http::serve_inbound(io, version, record.peer.clone(), target, shared.clone()).await
+        }
+    }
+}
+
+/// The protocol our own service declares for `port` (detect if undeclared).
+fn local_protocol(shared: &Shared, port: u16) -> Protocol {
+    let mesh = shared.registry.snapshot();
+    mesh.services
+        .values()
+        .filter(|svc| &svc.identity == shared.identity.id())
+        .find_map(|svc| svc.port(port))
+        .map_or(Protocol::Detect, |p| p.protocol)
+}
+
+/// Opaque TCP: connect to the app and carry bytes both ways.
+async fn splice_to_app<S>(io: S, target: SocketAddr, peer: &str, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let m = &shared.metrics;
     let app = match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(target))
         .await
     {
@@ -105,11 +153,17 @@ async fn handle(
         }
     };
     let _ = app.set_nodelay(true);
-    let received = m
-        .bytes
-        .with_label_values(&[INBOUND, &record.peer, "received"]);
-    let sent = m.bytes.with_label_values(&[INBOUND, &record.peer, "sent"]);
-    if let Err(e) = splice(tls, app, shared.limits.idle_timeout, received, sent).await {
+    let received = m.bytes.with_label_values(&[INBOUND, peer, "received"]);
+    let sent = m.bytes.with_label_values(&[INBOUND, peer, "sent"]);
+    if let Err(e) = splice(
+        io,
+        app,
+        shared.limits.idle_timeout,
+        Some(received),
+        Some(sent),
+    )
+    .await
+    {
         tracing::debug!(%peer, error = %e, "inbound connection ended");
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod drain;
 pub mod dst;
 pub mod forward;
+pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listener;

@@ -69,7 +69,15 @@ async fn handle(
     let received = m
         .bytes
         .with_label_values(&[OUTBOUND, &record.peer, "received"]);
-    if let Err(e) = splice(app, tls, shared.limits.idle_timeout, sent, received).await {
+    if let Err(e) = splice(
+        app,
+        tls,
+        shared.limits.idle_timeout,
+        Some(sent),
+        Some(received),
+    )
+    .await
+    {
         tracing::debug!(service = %service.name, error = %e, "outbound connection ended");
     }
 }

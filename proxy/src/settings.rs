@@ -11,6 +11,9 @@ use crate::identity::IdentityConfig;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub handshake_timeout: Duration,
+    /// How long a `detect` port waits for the client's first bytes before
+    /// treating the connection as opaque TCP.
+    pub detect_timeout: Duration,
     pub connect_timeout: Duration,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
@@ -22,6 +25,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,

@@ -45,6 +45,10 @@ pub struct ProxyArgs {
     pub drain_timeout: String,
     #[arg(long, env = "WARD_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: String,
+    /// On `detect` ports, wait this long for the client's first bytes
+    /// (declare server-speaks-first ports `tcp` to skip the wait).
+    #[arg(long, env = "WARD_DETECT_TIMEOUT", default_value = "1s")]
+    pub detect_timeout: String,
     /// Close connections with no traffic either way for this long.
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "1h")]
     pub idle_timeout: String,
@@ -89,6 +93,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         admin: args.admin,
         limits: Limits {
             handshake_timeout: duration("--handshake-timeout", &args.handshake_timeout)?,
+            detect_timeout: duration("--detect-timeout", &args.detect_timeout)?,
             idle_timeout: duration("--idle-timeout", &args.idle_timeout)?,
             max_connections: args.max_connections.max(1),
             ..Limits::default()

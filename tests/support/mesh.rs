@@ -114,15 +114,28 @@ pub fn workload(sa: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://{TD}/ns/shop/sa/{sa}")).unwrap()
 }
 
-/// Writes a mesh file with one service per (name, identity, endpoint, port).
+/// Writes a mesh file with one service per (name, identity, endpoint,
+/// port), every port declared opaque `tcp`.
 pub fn write_mesh(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16)]) {
+    let with_protocol: Vec<_> = services
+        .iter()
+        .map(|&(n, id, ep, port)| (n, id, ep, port, "tcp"))
+        .collect();
+    write_mesh_protocols(path, &with_protocol);
+}
+
+/// As [`write_mesh`], with each port's declared protocol.
+pub fn write_mesh_protocols(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16, &str)]) {
     let mut yaml = format!("trust_domain: {TD}\nservices:\n");
-    for (name, id, endpoint, port) in services {
+    for (name, id, endpoint, port, protocol) in services {
         yaml.push_str(&format!(
-            "  {name}:\n    identity: {id}\n    endpoints: [\"{endpoint}\"]\n    ports:\n      - port: {port}\n        protocol: tcp\n"
+            "  {name}:\n    identity: {id}\n    endpoints: [\"{endpoint}\"]\n    ports:\n      - port: {port}\n        protocol: {protocol}\n"
         ));
     }
-    std::fs::write(path, yaml).unwrap();
+    // Write then rename, so a polling reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A running sidecar.

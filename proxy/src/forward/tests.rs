@@ -17,8 +17,8 @@ async fn carries_both_ways_and_passes_half_close() {
         proxy_a,
         proxy_b,
         Duration::from_secs(5),
-        ab.clone(),
-        ba.clone(),
+        Some(ab.clone()),
+        Some(ba.clone()),
     ));
     let (mut client, mut server) = (client, server);
     client.write_all(b"request").await.unwrap();
@@ -42,7 +42,14 @@ async fn idle_pairs_are_closed() {
     let (proxy_b, _server) = tokio::io::duplex(1024);
     let (ab, ba) = counters();
     let started = Instant::now();
-    let res = splice(proxy_a, proxy_b, Duration::from_millis(100), ab, ba).await;
+    let res = splice(
+        proxy_a,
+        proxy_b,
+        Duration::from_millis(100),
+        Some(ab),
+        Some(ba),
+    )
+    .await;
     assert!(matches!(res, Err(SpliceError::Idle(_))));
     assert!(started.elapsed() < Duration::from_secs(2));
 }

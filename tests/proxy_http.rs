@@ -1,0 +1,335 @@
+//! HTTP through two sidecars: the server sidecar serves HTTP/1.1 and HTTP/2
+//! request by request (per-request metrics under the caller's identity),
+//! passes upgrades through, never delays server-speaks-first protocols on
+//! ports declared `tcp`, and finishes in-flight requests when it drains.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::mesh::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use ward_proxy::settings::Limits;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The app: `/` answers 200 "hello <version>", `/slow` after 1 s, anything
+/// else 404; `Upgrade: echo` switches protocols and echoes bytes. Serves
+/// HTTP/1.1 and h2c (prior knowledge) on the same port.
+async fn http_app() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: Request<Incoming>| async move {
+                    let mut resp = Response::new(Full::new(Bytes::new()));
+                    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = upgrade.await {
+                                let mut io = TokioIo::new(up);
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        resp.headers_mut()
+                            .insert("upgrade", "echo".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    match req.uri().path() {
+                        "/" => {
+                            *resp.body_mut() =
+                                Full::new(Bytes::from(format!("hello {:?}", req.version())))
+                        }
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            *resp.body_mut() = Full::new(Bytes::from_static(b"slow done"));
+                        }
+                        _ => *resp.status_mut() = StatusCode::NOT_FOUND,
+                    }
+                    Ok(resp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that speaks first: writes a banner as soon as a client connects.
+async fn banner_app() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"220 banner\r\n").await;
+                let mut buf = [0u8; 16];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Mesh {
+    _ca: TestCa,
+    web: Sidecar,
+    orders: Sidecar,
+}
+
+/// web --forward--> web sidecar ==mTLS==> orders sidecar --> `app`, whose
+/// port is declared `protocol` in the mesh file.
+async fn mesh(app: SocketAddr, protocol: &str, limits: Limits, drain: Duration) -> Mesh {
+    let ca = TestCa::start(DAY).await;
+    let path = ca.tmp.path().join("mesh.yaml");
+    let orders_id = workload("orders");
+    write_mesh_protocols(&path, &[("orders", &orders_id, app, app.port(), protocol)]);
+    let mut server = SidecarSpec::new(&ca, orders_id.clone(), path.clone());
+    server.app = Some(app);
+    server.limits = limits.clone();
+    server.drain_timeout = drain;
+    let orders = server.start().await;
+    let endpoint = orders.inbound.unwrap();
+    write_mesh_protocols(
+        &path,
+        &[("orders", &orders_id, endpoint, app.port(), protocol)],
+    );
+    let mut client = SidecarSpec::new(&ca, workload("web"), path);
+    client.forwards = vec![("orders".into(), app.port())];
+    client.limits = limits;
+    let web = client.start().await;
+    assert!(web.wait_ready(Duration::from_secs(10)).await);
+    assert!(orders.wait_ready(Duration::from_secs(10)).await);
+    Mesh {
+        _ca: ca,
+        web,
+        orders,
+    }
+}
+
+fn requests_series(status: u16) -> String {
+    format!(
+        "ward_http_requests_total{{direction=\"inbound\",peer=\"{}\",status_code=\"{status}\"}}",
+        workload("web")
+    )
+}
+
+async fn h1_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for path in paths {
+        let req = Request::get(*path)
+            .header("host", "orders")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sender.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        out.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_are_served_and_counted_per_request() {
+    let m = mesh(
+        http_app().await,
+        "http",
+        Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    // Three requests on one keep-alive connection.
+    let answers = h1_get(m.web.forwards[0], &["/", "/missing", "/"]).await;
+    assert_eq!(answers[0], (200, "hello HTTP/1.1".to_string()));
+    assert_eq!(answers[1].0, 404);
+    assert_eq!(answers[2].0, 200);
+    assert_eq!(m.orders.metric(&requests_series(200)).await, 2.0);
+    assert_eq!(m.orders.metric(&requests_series(404)).await, 1.0);
+    let count = format!(
+        "ward_http_request_duration_seconds_count{{direction=\"inbound\",peer=\"{}\"}}",
+        workload("web")
+    );
+    assert_eq!(m.orders.metric(&count).await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_detected_and_served() {
+    let m = mesh(
+        http_app().await,
+        "detect",
+        Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get("http://orders/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        answers.push(resp.into_body().collect().await.unwrap().to_bytes());
+    }
+    assert!(
+        answers.iter().all(|b| b.as_ref() == b"hello HTTP/2.0"),
+        "{answers:?}"
+    );
+    assert_eq!(m.orders.metric(&requests_series(200)).await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_through() {
+    let m = mesh(
+        http_app().await,
+        "http",
+        Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the 101 head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"ping over the upgraded connection")
+        .await
+        .unwrap();
+    let mut back = [0u8; 33];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping over the upgraded connection");
+    assert_eq!(m.orders.metric(&requests_series(101)).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_speaks_first_on_a_tcp_port_is_not_delayed() {
+    // Detection would wait 60 s here; a port declared tcp must not wait at all.
+    let limits = Limits {
+        detect_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let m = mesh(banner_app().await, "tcp", limits, Duration::from_secs(5)).await;
+    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    let mut banner = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut banner))
+        .await
+        .expect("the banner arrives without the client sending anything")
+        .unwrap();
+    assert_eq!(&banner, b"220 banner\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_http_bytes_on_an_http_port_are_refused() {
+    let m = mesh(
+        http_app().await,
+        "http",
+        Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let back = round_trip(m.web.forwards[0], b"\x00\x01 not http at all").await;
+    assert!(back.map(|b| b.is_empty()).unwrap_or(true));
+    let series = "ward_tcp_connection_errors_total{direction=\"inbound\",reason=\"not_http\"}";
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.orders.metric(series).await == 1.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_the_request_in_flight() {
+    let mut m = mesh(
+        http_app().await,
+        "http",
+        Limits::default(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let addr = m.web.forwards[0];
+    let slow = tokio::spawn(async move { h1_get(addr, &["/slow"]).await });
+    // Let the request reach the app, then drain the server sidecar.
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.orders
+                .metric("ward_tcp_open_connections{direction=\"inbound\"}")
+                .await
+                == 1.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    m.orders.shutdown();
+    let answers = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answers, vec![(200, "slow done".to_string())]);
+    // With nothing left in flight the drain ends before its 10 s deadline.
+    tokio::time::timeout(Duration::from_secs(8), &mut m.orders.task)
+        .await
+        .expect("drained")
+        .unwrap();
+}
