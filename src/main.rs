@@ -44,6 +44,11 @@ enum Command {
     },
     /// Run a local mesh end to end and print what happened.
     Demo(cli::demo::DemoArgs),
+    /// Check policy files, or explain a decision.
+    Policy {
+        #[command(subcommand)]
+        command: cli::policy::PolicyCommand,
+    },
     /// The sidecar: mutual TLS between workloads (explicit mode).
     Proxy(Box<cli::proxy::ProxyArgs>),
 }
@@ -76,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Ca { command } => cli::ca::run(command).await,
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Proxy(args) => cli::proxy::run(*args).await,
+            Command::Policy { command } => cli::policy::run(command),
         }
     });
     match result {

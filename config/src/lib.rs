@@ -6,8 +6,9 @@
 
 pub mod duration;
 pub mod mesh;
+pub mod policy;
 pub mod spiffe;
 
 pub use duration::{DurationError, parse_duration};
-pub use mesh::{MeshConfig, MeshError, PortSpec, Protocol, Service};
+pub use mesh::{MeshConfig, MeshError, MeshWarning, PortSpec, Protocol, Service};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain, WorkloadName};

@@ -9,6 +9,12 @@
 //! typed structs below and checks everything the types cannot say, pointing
 //! each error at the offending line. Callers only ever see a fully validated
 //! [`MeshConfig`]: the proxy keeps its last good one when a reload fails.
+//!
+//! The same file carries the access policy (`mode`, `roles`, `allow`,
+//! `deny`, `probes`; `docs/policy.md`), validated by `validate_policy`
+//! against the services into [`crate::policy::Policy`]. What is legal but
+//! probably wrong comes back as [`MeshWarning`]s from the `*_with_warnings`
+//! functions.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,11 +22,13 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::policy::Policy;
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 mod error;
 mod raw;
 mod validate;
+mod validate_policy;
 
 #[cfg(test)]
 mod tests;
@@ -32,15 +40,16 @@ pub use error::{MeshError, Position};
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated mesh file.
-///
-/// The policy issue adds `roles`, `allow`, `deny`, `mode` and `probes` here
-/// (and in `raw::RawMesh`); everything else keys off these two fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshConfig {
     /// Every identity in the file belongs to this trust domain.
     pub trust_domain: TrustDomain,
     /// Services by name (a DNS-1123 label).
     pub services: BTreeMap<String, Service>,
+    /// The access policy (`mode`, `roles`, `allow`, `deny`, `probes`;
+    /// docs/policy.md). `Policy::default()` when the file has none of those
+    /// keys: enforce mode, no rules, so every request is denied.
+    pub policy: Policy,
 }
 
 /// One service of the mesh.
@@ -98,8 +107,18 @@ impl fmt::Display for Protocol {
 
 impl MeshConfig {
     /// Parses and validates mesh-file text. `source` names the file in error
-    /// messages (`mesh.yaml:7:15: ...`).
+    /// messages (`mesh.yaml:7:15: ...`). Warnings are dropped; see
+    /// [`MeshConfig::parse_with_warnings`].
     pub fn parse(text: &str, source: &str) -> Result<MeshConfig, MeshError> {
+        Self::parse_with_warnings(text, source).map(|(config, _)| config)
+    }
+
+    /// [`MeshConfig::parse`], also returning what is legal but probably
+    /// wrong (shadowed or duplicate rules, ...), in file order.
+    pub fn parse_with_warnings(
+        text: &str,
+        source: &str,
+    ) -> Result<(MeshConfig, Vec<MeshWarning>), MeshError> {
         if text.len() > MAX_FILE_BYTES {
             return Err(MeshError::TooLarge {
                 file: source.to_string(),
@@ -112,8 +131,15 @@ impl MeshConfig {
 
     /// Reads the file at `path` (at most [`MAX_FILE_BYTES`]) and parses it.
     /// Reading stops one byte past the cap, so a huge or endless file costs
-    /// no more memory than a valid one.
+    /// no more memory than a valid one. Warnings are dropped; see
+    /// [`MeshConfig::load_with_warnings`].
     pub fn load(path: &Path) -> Result<MeshConfig, MeshError> {
+        Self::load_with_warnings(path).map(|(config, _)| config)
+    }
+
+    /// [`MeshConfig::load`], also returning the warnings, as
+    /// `ward policy check` prints them.
+    pub fn load_with_warnings(path: &Path) -> Result<(MeshConfig, Vec<MeshWarning>), MeshError> {
         let file = path.display().to_string();
         let read_error = |error: std::io::Error| MeshError::Read {
             file: file.clone(),
@@ -134,7 +160,7 @@ impl MeshConfig {
         }
         let text =
             String::from_utf8(bytes).map_err(|_| MeshError::NotUtf8 { file: file.clone() })?;
-        Self::parse(&text, &file)
+        Self::parse_with_warnings(&text, &file)
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -173,5 +199,67 @@ impl MeshConfig {
 impl Service {
     pub fn port(&self, port: u16) -> Option<&PortSpec> {
         self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// What a valid mesh file probably gets wrong: returned next to the
+/// [`MeshConfig`] by `parse_with_warnings`/`load_with_warnings`, and
+/// printed by `ward policy check`. Same one-line format as [`MeshError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshWarning {
+    #[error(
+        "{at}: role {role:?}: member {member:?} is listed twice, first at line {first_line} \
+         (hint: remove one; the second changes nothing)"
+    )]
+    DuplicateRoleMember {
+        at: Position,
+        role: String,
+        member: String,
+        first_line: u32,
+    },
+    #[error(
+        "{at}: probes: no service declares port {port} \
+         (hint: check the number against the pod's probe; a probe port is reachable without mTLS)"
+    )]
+    UndeclaredProbePort { at: Position, port: u16 },
+    #[error(
+        "{at}: deny rule {rule:?} has `mode: audit`: it blocks nothing, it only logs and counts \
+         what it would deny (hint: fine while trying the rule out; remove `mode: audit` to enforce it)"
+    )]
+    AuditDeny { at: Position, rule: String },
+    #[error(
+        "{at}: allow rule {rule:?} allows the same as allow rule {other:?} at line {other_line} \
+         (hint: remove one of the two)"
+    )]
+    DuplicateAllow {
+        at: Position,
+        rule: String,
+        other: String,
+        other_line: u32,
+    },
+    #[error(
+        "{at}: allow rule {rule:?} can never allow anything: deny rule {deny:?} at line \
+         {deny_line} covers all it matches, and deny wins (hint: narrow the deny rule, or \
+         remove the allow rule)"
+    )]
+    ShadowedAllow {
+        at: Position,
+        rule: String,
+        deny: String,
+        deny_line: u32,
+    },
+}
+
+impl MeshWarning {
+    /// Where the warning points, for sorting and for tools that annotate.
+    pub fn at(&self) -> &Position {
+        match self {
+            MeshWarning::DuplicateRoleMember { at, .. }
+            | MeshWarning::UndeclaredProbePort { at, .. }
+            | MeshWarning::AuditDeny { at, .. }
+            | MeshWarning::DuplicateAllow { at, .. }
+            | MeshWarning::ShadowedAllow { at, .. } => at,
+        }
     }
 }

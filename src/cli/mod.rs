@@ -2,4 +2,5 @@
 
 pub mod ca;
 pub mod demo;
+pub mod policy;
 pub mod proxy;

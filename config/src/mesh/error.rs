@@ -57,8 +57,8 @@ impl fmt::Display for Position {
 }
 
 /// Why a mesh file was refused. Every variant carries the file name, and a
-/// line and column wherever one is known. `#[non_exhaustive]` because the
-/// policy keys will add their own variants.
+/// line and column wherever one is known. `#[non_exhaustive]` so variants
+/// can be added without breaking callers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeshError {
@@ -209,6 +209,165 @@ pub enum MeshError {
         service: String,
         other: String,
         destination: SocketAddr,
+    },
+    // ---- policy (docs/policy.md) ----
+    #[error(
+        "{at}: role name {name:?} is not a DNS-1123 label \
+         (hint: use 1-63 lowercase letters, digits and '-', starting and ending with a letter \
+         or digit, e.g. `frontend`)"
+    )]
+    RoleName { at: Position, name: String },
+    #[error(
+        "{at}: role {role:?} has no members \
+         (hint: list the SPIFFE IDs in it, e.g. `- spiffe://cluster.local/ns/shop/sa/web`, \
+         or remove the role)"
+    )]
+    EmptyRole { at: Position, role: String },
+    /// Not a SPIFFE ID, not in `trust_domain`, or the trust domain's own ID.
+    #[error(
+        "{at}: role {role:?}: member {member:?}: {error} \
+         (hint: members look like spiffe://<trust_domain>/ns/<namespace>/sa/<serviceaccount>, \
+         or end in `/*` for every service account of a namespace)"
+    )]
+    RoleMember {
+        at: Position,
+        role: String,
+        member: String,
+        /// Boxed to keep `MeshError` small.
+        error: Box<SpiffeIdError>,
+    },
+    #[error(
+        "{at}: role {role:?}: member {member:?}: `*` may only stand for a whole last segment \
+         (hint: write exact IDs, or end the ID in `/*`, e.g. spiffe://cluster.local/ns/shop/sa/*; \
+         wildcards inside a segment or before the last one are not supported)"
+    )]
+    WildcardPlacement {
+        at: Position,
+        role: String,
+        member: String,
+    },
+    #[error(
+        "{at}: role {role:?}: member {member:?} matches too much: a wildcard needs at least two \
+         path segments before `/*` (hint: name the namespace, e.g. \
+         spiffe://cluster.local/ns/shop/sa/*; a trust-domain-wide role is too broad to write by accident)"
+    )]
+    WildcardTooBroad {
+        at: Position,
+        role: String,
+        member: String,
+    },
+    #[error(
+        "{at}: {kind} rule #{index} has no name \
+         (hint: add `name: <something-unique>`; logs and `ward policy explain` report rules by name)"
+    )]
+    RuleNameMissing {
+        at: Position,
+        kind: &'static str,
+        index: usize,
+    },
+    #[error(
+        "{at}: rule name {name:?} is already taken by the {first_kind} rule at line {first_line} \
+         (hint: rule names must be unique across allow and deny; rename one)"
+    )]
+    DuplicateRuleName {
+        at: Position,
+        name: String,
+        first_kind: &'static str,
+        first_line: u32,
+    },
+    #[error(
+        "{at}: rule {rule:?} has no `from` roles \
+         (hint: list the roles whose members the rule applies to, e.g. `from: [frontend]`)"
+    )]
+    EmptyFrom { at: Position, rule: String },
+    #[error(
+        "{at}: rule {rule:?}: role {role:?} is not defined (hint: {})",
+        spelling_hint(.suggestion.as_deref(), "define it under `roles:`, or fix the name")
+    )]
+    UnknownRole {
+        at: Position,
+        rule: String,
+        role: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "{at}: rule {rule:?}: to: service {service:?} is not defined (hint: {})",
+        spelling_hint(
+            .suggestion.as_deref(),
+            "name a service under `services:`, or write `role:<name>` to target a role"
+        )
+    )]
+    UnknownService {
+        at: Position,
+        rule: String,
+        service: String,
+        suggestion: Option<String>,
+    },
+    #[error("{at}: rule {rule:?}: ports: port 0 is not a usable port (hint: use 1-65535)")]
+    RulePortZero { at: Position, rule: String },
+    #[error(
+        "{at}: rule {rule:?}: ports: service {service:?} has no port {port} \
+         (hint: it declares {declared}; list only those, or add the port to the service)"
+    )]
+    UndeclaredPort {
+        at: Position,
+        rule: String,
+        service: String,
+        port: u16,
+        declared: String,
+    },
+    #[error(
+        "{at}: rule {rule:?}: http conditions on port {port}, which service {service:?} \
+         declares `protocol: tcp` (hint: the proxy never parses HTTP on tcp ports; drop `http:`, \
+         drop the port, or declare the port `http` or `detect`)"
+    )]
+    HttpOnTcpPort {
+        at: Position,
+        rule: String,
+        service: String,
+        port: u16,
+    },
+    #[error(
+        "{at}: rule {rule:?}: http conditions, but every port of service {service:?} is \
+         `protocol: tcp` (hint: the proxy never parses HTTP on tcp ports; drop `http:` or \
+         declare a port `http` or `detect`)"
+    )]
+    HttpOnTcpService {
+        at: Position,
+        rule: String,
+        service: String,
+    },
+    #[error(
+        "{at}: rule {rule:?}: http method {method:?} is not an uppercase token \
+         (hint: write methods in uppercase letters only, e.g. GET, POST, DELETE)"
+    )]
+    Method {
+        at: Position,
+        rule: String,
+        method: String,
+    },
+    /// A path pattern that is not written normalized; `owner` is `rule "x"`
+    /// or `probe on port 8080`.
+    #[error(
+        "{at}: {owner}: path {path:?} {reason} (hint: write normalized paths starting with `/`, \
+         e.g. `/status`, or a prefix ending in `/*`, e.g. `/api/*`)"
+    )]
+    Path {
+        at: Position,
+        owner: String,
+        path: String,
+        reason: &'static str,
+    },
+    #[error("{at}: probes: port 0 is not a usable port (hint: use 1-65535)")]
+    ProbePortZero { at: Position },
+    #[error(
+        "{at}: probes: port {port} is listed twice, first at line {first_line} \
+         (hint: keep one entry per port and list all its paths there)"
+    )]
+    DuplicateProbePort {
+        at: Position,
+        port: u16,
+        first_line: u32,
     },
 }
 

@@ -15,8 +15,8 @@ use serde_saphyr::{DuplicateKeyPolicy, Spanned};
 
 use super::{MeshError, Protocol};
 
-/// Nesting depth (mappings + lists). The schema needs 5; the policy keys
-/// will need a few more. Far below anything that could exhaust a stack.
+/// Nesting depth (mappings + lists). The schema needs 5 (services) and 5
+/// (`allow[].http.paths[]`). Far below anything that could exhaust a stack.
 pub(super) const MAX_DEPTH: usize = 32;
 /// YAML values (scalars, lists, mappings), aliases included. ~10k services.
 pub(super) const MAX_NODES: usize = 250_000;
@@ -37,6 +37,89 @@ pub(super) const MAX_ALIASES: usize = 10_000;
 pub(super) struct RawMesh {
     pub trust_domain: Spanned<String>,
     pub services: RawServices,
+    /// The policy keys (docs/policy.md); all optional, absent = empty.
+    #[serde(default)]
+    pub mode: Option<RawMode>,
+    #[serde(default)]
+    pub roles: RawRoles,
+    #[serde(default)]
+    pub probes: Vec<Spanned<RawProbe>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<RawRule>>,
+}
+
+/// The policy keys of [`RawMesh`], split off for their own validation step.
+pub(super) struct RawPolicy {
+    pub mode: Option<RawMode>,
+    pub roles: RawRoles,
+    pub probes: Vec<Spanned<RawProbe>>,
+    pub allow: Vec<Spanned<RawRule>>,
+    pub deny: Vec<Spanned<RawRule>>,
+}
+
+impl RawMesh {
+    /// The registry keys and the policy keys, which are validated in turn.
+    pub fn split(self) -> (Spanned<String>, RawServices, RawPolicy) {
+        let policy = RawPolicy {
+            mode: self.mode,
+            roles: self.roles,
+            probes: self.probes,
+            allow: self.allow,
+            deny: self.deny,
+        };
+        (self.trust_domain, self.services, policy)
+    }
+}
+
+/// `mode:` globally or on a rule. Mirrors [`crate::policy::Mode`], which
+/// does not depend on serde.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawMode {
+    Enforce,
+    Audit,
+}
+
+/// `roles:` in file order: role name to identity patterns.
+#[derive(Debug, Default)]
+pub(super) struct RawRoles(pub Vec<(Spanned<String>, Vec<Spanned<String>>)>);
+
+/// One `allow:` or `deny:` entry. `name` is optional here only so that a
+/// missing name gets a message naming the rule's position and kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Defaulted so a missing list and an empty one get the same message.
+    #[serde(default)]
+    pub from: Vec<Spanned<String>>,
+    pub to: Spanned<String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<u16>>,
+    #[serde(default)]
+    pub http: Option<Spanned<RawHttp>>,
+    #[serde(default)]
+    pub mode: Option<RawMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbe {
+    pub port: Spanned<u16>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
 }
 
 /// `services:` in file order, each name with its position. A custom visitor
@@ -81,6 +164,26 @@ impl<'de> Deserialize<'de> for RawServices {
             }
         }
         deserializer.deserialize_map(ServicesVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRoles {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RolesVisitor;
+        impl<'de> Visitor<'de> for RolesVisitor {
+            type Value = RawRoles;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of role names to lists of SPIFFE IDs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRoles, A::Error> {
+                let mut roles = Vec::new();
+                while let Some(name) = map.next_key::<Spanned<String>>()? {
+                    roles.push((name, map.next_value()?));
+                }
+                Ok(RawRoles(roles))
+            }
+        }
+        deserializer.deserialize_map(RolesVisitor)
     }
 }
 

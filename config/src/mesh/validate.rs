@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::clamp;
 use super::raw::{RawMesh, RawService};
-use super::{MeshConfig, MeshError, PortSpec, Position, Service};
+use super::{MeshConfig, MeshError, MeshWarning, PortSpec, Position, Service};
 use crate::spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Port insertions the overlap check may spend. Only services that share an
@@ -24,16 +24,21 @@ struct Checked {
     endpoint_lines: Vec<Location>,
 }
 
-pub(super) fn validate(raw: RawMesh, file: &str) -> Result<MeshConfig, MeshError> {
+/// Validates the registry, then the policy against it (`validate_policy`).
+pub(super) fn validate(
+    raw: RawMesh,
+    file: &str,
+) -> Result<(MeshConfig, Vec<MeshWarning>), MeshError> {
+    let (raw_trust_domain, raw_services, raw_policy) = raw.split();
     let trust_domain =
-        TrustDomain::new(&raw.trust_domain.value).map_err(|error| MeshError::TrustDomain {
-            at: Position::at(file, raw.trust_domain.referenced),
+        TrustDomain::new(&raw_trust_domain.value).map_err(|error| MeshError::TrustDomain {
+            at: Position::at(file, raw_trust_domain.referenced),
             error,
         })?;
     let mut owners: HashMap<SocketAddr, (String, u32)> = HashMap::new();
     let mut names = HashSet::new();
-    let mut checked = Vec::with_capacity(raw.services.0.len());
-    for (name, service) in raw.services.0 {
+    let mut checked = Vec::with_capacity(raw_services.0.len());
+    for (name, service) in raw_services.0 {
         // The parser refuses duplicate keys; this catches spellings it might
         // see as different but that name the same service.
         if !names.insert(name.value.clone()) {
@@ -56,10 +61,14 @@ pub(super) fn validate(raw: RawMesh, file: &str) -> Result<MeshConfig, MeshError
         .into_iter()
         .map(|c| (c.service.name.clone(), c.service))
         .collect();
-    Ok(MeshConfig {
+    let (policy, warnings) =
+        super::validate_policy::validate(raw_policy, &trust_domain, &services, file)?;
+    let config = MeshConfig {
         trust_domain,
         services,
-    })
+        policy,
+    };
+    Ok((config, warnings))
 }
 
 fn check_service(
@@ -159,7 +168,10 @@ fn check_service(
 /// A workload identity in the file's trust domain. The trust domain's own ID
 /// (`spiffe://cluster.local`) is refused: the SPIFFE X.509-SVID standard
 /// forbids it in workload certificates, so no sidecar could ever present it.
-fn check_identity(text: &str, trust_domain: &TrustDomain) -> Result<SpiffeId, SpiffeIdError> {
+pub(super) fn check_identity(
+    text: &str,
+    trust_domain: &TrustDomain,
+) -> Result<SpiffeId, SpiffeIdError> {
     let id = SpiffeId::parse(text)?;
     id.require_trust_domain(trust_domain)?;
     if id.path().is_empty() {

@@ -102,6 +102,7 @@ fn valid_example_round_trips() {
                 },
             ),
         ]),
+        policy: Policy::default(),
     };
     assert_eq!(config, expected);
 }
@@ -244,9 +245,9 @@ fn unknown_fields_are_refused_everywhere() {
             pos(8, 9),
         ),
         (
-            // The policy keys do not exist yet; until they do they are typos.
-            "trust_domain: cluster.local\nservices: {}\nroles: {}\n",
-            "roles",
+            // Near misses of the policy keys are typos, not new keys.
+            "trust_domain: cluster.local\nservices: {}\nrole: {}\n",
+            "role",
             pos(3, 1),
         ),
     ];
@@ -611,3 +612,4 @@ fn other_yaml_surprises_are_refused() {
 }
 
 mod hostile;
+mod policy;
