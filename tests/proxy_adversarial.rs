@@ -36,8 +36,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 const RENEW_FAILED: &str = "ward_identity_renewals_total{result=\"failure\"}";
-const RELOAD_OK: &str = "ward_config_reloads_total{result=\"success\"}";
-const RELOAD_FAILED: &str = "ward_config_reloads_total{result=\"failure\"}";
+const RELOAD_OK: &str = "ward_policy_reloads_total{result=\"success\"}";
+const RELOAD_FAILED: &str = "ward_policy_reloads_total{result=\"failure\"}";
 const EXPIRY: &str = "ward_identity_cert_expiration_timestamp_seconds";
 
 // ---- panics -----------------------------------------------------------------

@@ -5,75 +5,20 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::apps::http_app;
 use support::mesh::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use ward_proxy::settings::Limits;
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// The app: `/` answers 200 "hello <version>", `/slow` after 1 s, anything
-/// else 404; `Upgrade: echo` switches protocols and echoes bytes. Serves
-/// HTTP/1.1 and h2c (prior knowledge) on the same port.
-async fn http_app() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|mut req: Request<Incoming>| async move {
-                    let mut resp = Response::new(Full::new(Bytes::new()));
-                    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
-                        let upgrade = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            if let Ok(up) = upgrade.await {
-                                let mut io = TokioIo::new(up);
-                                let mut buf = [0u8; 64];
-                                while let Ok(n) = io.read(&mut buf).await {
-                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        });
-                        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                        resp.headers_mut()
-                            .insert("upgrade", "echo".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("connection", "upgrade".parse().unwrap());
-                        return Ok::<_, Infallible>(resp);
-                    }
-                    match req.uri().path() {
-                        "/" => {
-                            *resp.body_mut() =
-                                Full::new(Bytes::from(format!("hello {:?}", req.version())))
-                        }
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            *resp.body_mut() = Full::new(Bytes::from_static(b"slow done"));
-                        }
-                        _ => *resp.status_mut() = StatusCode::NOT_FOUND,
-                    }
-                    Ok(resp)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// A server that speaks first: writes a banner as soon as a client connects.
 async fn banner_app() -> SocketAddr {

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use ward_config::Protocol;
 
 use crate::Shared;
+use crate::authz::Inbound;
 use crate::dst::OriginalDst;
 use crate::forward::{splice, tls_transport};
 use crate::http::{
@@ -88,10 +89,22 @@ async fn handle(
         return;
     };
     record.peer = peer.to_string();
-    let protocol = local_protocol(&shared, target.port());
+    let snapshot = shared.registry.snapshot();
+    let authz = Inbound::new(peer, &snapshot, shared.identity.id(), target.port());
+    let l4 = authz.decide(&shared, &snapshot, None, None);
+    if !l4.verdict.passes() {
+        return; // denied: counted and logged; the connection is closed
+    }
+    let protocol = authz
+        .service
+        .as_deref()
+        .and_then(|name| snapshot.mesh.service(name))
+        .and_then(|svc| svc.port(target.port()))
+        .map_or(Protocol::Detect, |p| p.protocol);
+    drop(snapshot);
     if protocol == Protocol::Tcp {
         // Declared opaque: never wait for the client to speak first.
-        return splice_to_app(tls, target, &record.peer, &shared).await;
+        return splice_to_app(tls, target, &authz, &record.peer, &shared).await;
     }
     let timeout = match protocol {
         Protocol::Http => shared.limits.handshake_timeout,
@@ -100,36 +113,36 @@ async fn handle(
     let (detected, io) = match sniff(tls, timeout).await {
         Ok(sniffed) => sniffed,
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection ended before protocol detection");
+            tracing::debug!(peer = %authz.peer, error = %e, "connection ended before protocol detection");
             return;
         }
     };
-    match (detected, protocol) {
-        (Detected::Opaque, Protocol::Http) => {
+    match detected {
+        Detected::Opaque if protocol == Protocol::Http || l4.requires_http => {
+            // Declared HTTP, or admitted only by HTTP rules: bytes that are
+            // not HTTP cannot be checked, so they do not pass.
             m.connection_errors
                 .with_label_values(&[INBOUND, "not_http"])
                 .inc();
-            tracing::info!(%peer, port = target.port(), "non-HTTP bytes on a port declared http");
+            tracing::info!(peer = %authz.peer, port = target.port(), "non-HTTP bytes where only HTTP is allowed");
         }
-        (Detected::Opaque, _) => splice_to_app(io, target, &record.peer, &shared).await,
-        (version, _) => {
-            http::serve_inbound(io, version, record.peer.clone(), target, shared.clone()).await
+        Detected::Opaque => splice_to_app(io, target, &authz, &record.peer, &shared).await,
+        version => {
+            http::serve_inbound(
+                io,
+                version,
+                authz,
+                record.peer.clone(),
+                target,
+                shared.clone(),
+            )
+            .await
         }
     }
 }
 
-/// The protocol our own service declares for `port` (detect if undeclared).
-fn local_protocol(shared: &Shared, port: u16) -> Protocol {
-    let mesh = shared.registry.snapshot();
-    mesh.services
-        .values()
-        .filter(|svc| &svc.identity == shared.identity.id())
-        .find_map(|svc| svc.port(port))
-        .map_or(Protocol::Detect, |p| p.protocol)
-}
-
 /// Opaque TCP: connect to the app and carry bytes both ways.
-async fn splice_to_app<S>(io: S, target: SocketAddr, peer: &str, shared: &Shared)
+async fn splice_to_app<S>(io: S, target: SocketAddr, authz: &Inbound, peer: &str, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -155,15 +168,13 @@ where
     let _ = app.set_nodelay(true);
     let received = m.bytes.with_label_values(&[INBOUND, peer, "received"]);
     let sent = m.bytes.with_label_values(&[INBOUND, peer, "sent"]);
-    if let Err(e) = splice(
-        io,
-        app,
-        shared.limits.idle_timeout,
-        Some(received),
-        Some(sent),
-    )
-    .await
-    {
-        tracing::debug!(%peer, error = %e, "inbound connection ended");
+    let idle = shared.limits.idle_timeout;
+    tokio::select! {
+        res = splice(io, app, idle, Some(received), Some(sent)) => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "inbound connection ended");
+            }
+        }
+        () = authz.revoked(shared) => {}
     }
 }

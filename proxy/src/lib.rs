@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod drain;
 pub mod dst;
 pub mod forward;
@@ -74,7 +75,8 @@ impl Proxy {
     pub async fn bind(settings: ProxySettings) -> Result<Self, ProxyError> {
         let metrics = Arc::new(ProxyMetrics::new());
         let registry = Registry::load(&settings.mesh_file, metrics.clone())?;
-        let mesh = registry.snapshot();
+        let snapshot = registry.snapshot();
+        let mesh = &snapshot.mesh;
         let mut forwards = Vec::new();
         for f in &settings.forwards {
             let fail = |reason: String| ProxyError::Forward {

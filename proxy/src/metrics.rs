@@ -26,7 +26,8 @@ pub struct ProxyMetrics {
     pub cert_expiration: Gauge,
     pub renewals: IntCounterVec,
     pub bundle_roots: IntGauge,
-    pub config_reloads: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub authz: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub draining: IntCounter,
 }
@@ -104,8 +105,13 @@ impl ProxyMetrics {
                 "Roots in the current trust bundle.",
             )
             .expect("valid metric"),
-            config_reloads: counter(
-                "ward_config_reloads_total",
+            authz: counter(
+                "ward_authz_decisions_total",
+                "Authorization decisions (connections at L4, each request at L7), by decision and deciding rule (\"default\": no rule matched).",
+                &["direction", "decision", "rule"],
+            ),
+            policy_reloads: counter(
+                "ward_policy_reloads_total",
                 "Mesh file (re)loads, by result; a failed reload keeps the last good file.",
                 &["result"],
             ),
@@ -135,7 +141,8 @@ impl ProxyMetrics {
             Box::new(m.cert_expiration.clone()),
             Box::new(m.renewals.clone()),
             Box::new(m.bundle_roots.clone()),
-            Box::new(m.config_reloads.clone()),
+            Box::new(m.policy_reloads.clone()),
+            Box::new(m.authz.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.draining.clone()),
         ];

@@ -54,7 +54,7 @@ async fn handle(
 ) {
     let m = &shared.metrics;
     let registry = shared.registry.snapshot();
-    let Some(service) = registry.service(&route.service) else {
+    let Some(service) = registry.mesh.service(&route.service) else {
         m.connection_errors
             .with_label_values(&[OUTBOUND, "unknown_service"])
             .inc();

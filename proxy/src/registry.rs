@@ -1,10 +1,13 @@
-//! The service registry: the mesh file, reloaded when it changes.
+//! The service registry and policy: the mesh file, compiled, reloaded when
+//! it changes.
 //!
 //! Changes are found by polling the file's identity (device, inode, size,
 //! modification time, resolved path) every few seconds. That also catches
 //! Kubernetes ConfigMap updates, which swap a `..data` symlink rather than
 //! writing the file. A file that fails to load is rejected whole: the last
-//! good registry stays in force, and the failure is logged and counted.
+//! good snapshot stays in force, and the failure is logged and counted in
+//! `ward_policy_reloads_total{result}`. Each good load is announced on a
+//! watch channel, so open connections can re-check their authorization.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -12,13 +15,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use ward_config::mesh::{MeshConfig, MeshError};
+use ward_config::policy::engine::Engine;
 
 use crate::metrics::ProxyMetrics;
 
+/// One loaded mesh file and its compiled policy.
+pub struct Snapshot {
+    pub mesh: MeshConfig,
+    pub engine: Engine,
+}
+
+impl Snapshot {
+    fn new(mesh: MeshConfig) -> Self {
+        let engine = Engine::compile(&mesh.policy, &mesh.services);
+        Self { mesh, engine }
+    }
+}
+
 pub struct Registry {
     path: PathBuf,
-    current: ArcSwap<MeshConfig>,
+    current: ArcSwap<Snapshot>,
+    changes: watch::Sender<u64>,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -47,16 +66,22 @@ impl Registry {
     pub fn load(path: &Path, metrics: Arc<ProxyMetrics>) -> Result<Arc<Self>, MeshError> {
         let config = MeshConfig::load(path);
         let label = if config.is_ok() { "success" } else { "failure" };
-        metrics.config_reloads.with_label_values(&[label]).inc();
+        metrics.policy_reloads.with_label_values(&[label]).inc();
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(config?),
+            current: ArcSwap::from_pointee(Snapshot::new(config?)),
+            changes: watch::channel(0).0,
             metrics,
         }))
     }
 
-    pub fn snapshot(&self) -> Arc<MeshConfig> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Resolves each time a new snapshot is installed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Polls for changes every `interval`, forever.
@@ -73,20 +98,21 @@ impl Registry {
         }
     }
 
-    /// Loads the file again; keeps the current registry if it fails.
+    /// Loads the file again; keeps the current snapshot if it fails.
     pub fn reload(&self) {
         match MeshConfig::load(&self.path) {
             Ok(config) => {
-                self.current.store(Arc::new(config));
+                self.current.store(Arc::new(Snapshot::new(config)));
                 self.metrics
-                    .config_reloads
+                    .policy_reloads
                     .with_label_values(&["success"])
                     .inc();
+                self.changes.send_modify(|v| *v += 1);
                 tracing::info!(path = %self.path.display(), "mesh file reloaded");
             }
             Err(e) => {
                 self.metrics
-                    .config_reloads
+                    .policy_reloads
                     .with_label_values(&["failure"])
                     .inc();
                 tracing::error!(error = %e, "mesh file rejected; the last good one stays in force");

@@ -124,14 +124,33 @@ pub fn write_mesh(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16)]) 
     write_mesh_protocols(path, &with_protocol);
 }
 
-/// As [`write_mesh`], with each port's declared protocol.
+/// As [`write_mesh`], with each port's declared protocol. The policy lets
+/// every workload of namespace `shop` reach every service (ward denies by
+/// default); tests of the policy itself use [`write_mesh_with_policy`].
 pub fn write_mesh_protocols(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16, &str)]) {
+    let mut policy = format!("roles:\n  everyone: [\"spiffe://{TD}/ns/shop/sa/*\"]\nallow:\n");
+    for (name, ..) in services {
+        policy.push_str(&format!(
+            "  - {{ name: all-to-{name}, from: [everyone], to: {name} }}\n"
+        ));
+    }
+    write_mesh_with_policy(path, services, &policy);
+}
+
+/// A mesh file with these services and the given policy YAML (top-level
+/// `mode`, `roles`, `allow`, `deny`, `probes` keys).
+pub fn write_mesh_with_policy(
+    path: &Path,
+    services: &[(&str, &SpiffeId, SocketAddr, u16, &str)],
+    policy: &str,
+) {
     let mut yaml = format!("trust_domain: {TD}\nservices:\n");
     for (name, id, endpoint, port, protocol) in services {
         yaml.push_str(&format!(
             "  {name}:\n    identity: {id}\n    endpoints: [\"{endpoint}\"]\n    ports:\n      - port: {port}\n        protocol: {protocol}\n"
         ));
     }
+    yaml.push_str(policy);
     // Write then rename, so a polling reader never sees half a file.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).unwrap();

@@ -32,8 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::Shared;
+use crate::authz::Inbound;
 use crate::metrics::INBOUND;
 use detect::Detected;
+use ward_config::policy::engine::HttpRequest;
+use ward_config::policy::path::normalize;
 
 /// Largest request head accepted (HTTP/1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -56,6 +59,7 @@ const HOP_BY_HOP: [&str; 7] = [
 pub async fn serve_inbound<S>(
     io: S,
     version: Detected,
+    authz: Inbound,
     peer: String,
     app: SocketAddr,
     shared: Arc<Shared>,
@@ -73,6 +77,7 @@ pub async fn serve_inbound<S>(
     let io = crate::forward::metered(io, received, sent);
     let upstream = Arc::new(Upstream {
         app,
+        authz,
         shared: shared.clone(),
         h1: Mutex::new(None),
         h2: Mutex::new(None),
@@ -120,14 +125,65 @@ pub async fn serve_inbound<S>(
 /// The app side of one downstream connection.
 struct Upstream {
     app: SocketAddr,
+    authz: Inbound,
     shared: Arc<Shared>,
     h1: Mutex<Option<client1::SendRequest<Incoming>>>,
     h2: Mutex<Option<client2::SendRequest<Incoming>>>,
 }
 
 impl Upstream {
-    async fn forward(&self, mut req: Request<Incoming>, peer: &str) -> Response<Body> {
+    async fn forward(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
         let started = Instant::now();
+        let resp = self.authorized(req).await;
+        let m = &self.shared.metrics;
+        m.http_requests
+            .with_label_values(&[INBOUND, peer, resp.status().as_str()])
+            .inc();
+        m.http_duration
+            .with_label_values(&[INBOUND, peer])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    /// Normalizes the path, asks the policy, and forwards what it allows
+    /// with the normalized path (what was checked is what the app sees).
+    async fn authorized(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let path = match normalize(req.uri().path()) {
+            Ok(path) => path,
+            Err(e) => {
+                let id = request_id();
+                let labels = [INBOUND, "deny", "invalid_path"];
+                self.shared.metrics.authz.with_label_values(&labels).inc();
+                tracing::warn!(peer = %self.authz.peer, request_id = %id, error = %e, "refused an ambiguous request path");
+                return refusal(StatusCode::BAD_REQUEST, &id);
+            }
+        };
+        let id = request_id();
+        let snapshot = self.shared.registry.snapshot();
+        let http = HttpRequest {
+            method: req.method().as_str(),
+            path: &path,
+        };
+        let outcome = self
+            .authz
+            .decide(&self.shared, &snapshot, Some(http), Some(&id));
+        drop(snapshot);
+        if !outcome.verdict.passes() {
+            return refusal(StatusCode::FORBIDDEN, &id);
+        }
+        let rewritten = if path != req.uri().path() {
+            set_path(&mut req, &path)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = rewritten {
+            tracing::warn!(error = %e, "cannot rewrite the request path");
+            return refusal(StatusCode::BAD_REQUEST, &id);
+        }
+        self.send(req).await
+    }
+
+    async fn send(&self, mut req: Request<Incoming>) -> Response<Body> {
         let upgrade = is_upgrade(&req);
         strip_hop_by_hop(req.headers_mut(), upgrade);
         let result = if upgrade {
@@ -137,7 +193,7 @@ impl Upstream {
         } else {
             self.send_h1(req).await
         };
-        let resp = match result {
+        match result {
             Ok(mut resp) => {
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                     strip_hop_by_hop(resp.headers_mut(), false);
@@ -148,15 +204,7 @@ impl Upstream {
                 tracing::warn!(app = %self.app, error = %e, "app request failed");
                 error_response(StatusCode::BAD_GATEWAY, "ward: the app did not answer\n")
             }
-        };
-        let m = &self.shared.metrics;
-        m.http_requests
-            .with_label_values(&[INBOUND, peer, resp.status().as_str()])
-            .inc();
-        m.http_duration
-            .with_label_values(&[INBOUND, peer])
-            .observe(started.elapsed().as_secs_f64());
-        resp
+        }
     }
 
     async fn connect(&self) -> std::io::Result<TokioIo<TcpStream>> {
@@ -267,6 +315,42 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if keep_upgrade {
         headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
     }
+}
+
+/// A random id that ties a refusal the caller sees to the proxy's log line.
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A refusal that says nothing about the policy, only how to find the log.
+fn refusal(status: StatusCode, request_id: &str) -> Response<Body> {
+    let text = format!(
+        "ward: request refused ({}), request id {request_id}\n",
+        status.as_u16()
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    resp
+}
+
+/// Replaces the path of `req`, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), http::Error> {
+    let mut parts = req.uri().clone().into_parts();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.path_and_query = Some(format!("{path}{query}").parse()?);
+    *req.uri_mut() = http::Uri::from_parts(parts)?;
+    Ok(())
 }
 
 fn error_response(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -1,0 +1,113 @@
+//! Authorization on inbound traffic: ask the compiled policy, count the
+//! decision in `ward_authz_decisions_total{direction,decision,rule}`, and
+//! write one structured log line per denial (peer, destination, port,
+//! method, path, rule or reason). Nothing about the policy goes back to the
+//! caller: a denied connection is closed, a denied request gets a bare 403
+//! with a request id that finds the log line.
+
+use ward_config::SpiffeId;
+use ward_config::policy::engine::{HttpRequest, Request, Verdict};
+
+use crate::Shared;
+use crate::metrics::INBOUND;
+use crate::registry::Snapshot;
+
+/// The connection being authorized: who calls which of our services on
+/// which port. `service` is `None` when our identity is not a service of
+/// the mesh file (everything is then denied).
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub peer: SpiffeId,
+    pub service: Option<String>,
+    pub port: u16,
+}
+
+/// The outcome the data path acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub requires_http: bool,
+}
+
+impl Inbound {
+    /// Our service for `port`: the mesh file service that presents our
+    /// identity and declares this port (or, failing that, any port).
+    pub fn new(peer: SpiffeId, snapshot: &Snapshot, own: &SpiffeId, port: u16) -> Self {
+        let ours = snapshot
+            .mesh
+            .services
+            .values()
+            .filter(|s| &s.identity == own);
+        let service = ours
+            .clone()
+            .find(|s| s.port(port).is_some())
+            .or_else(|| ours.clone().next())
+            .map(|s| s.name.clone());
+        Self {
+            peer,
+            service,
+            port,
+        }
+    }
+
+    /// Decides a connection (`http: None`) or one request, and records it.
+    pub fn decide(
+        &self,
+        shared: &Shared,
+        snapshot: &Snapshot,
+        http: Option<HttpRequest<'_>>,
+        request_id: Option<&str>,
+    ) -> Outcome {
+        let service = self.service.as_deref().unwrap_or_default();
+        let decision = snapshot.engine.decide(&Request {
+            from: &self.peer,
+            service,
+            port: self.port,
+            http,
+        });
+        let rule = decision.rule_label();
+        shared
+            .metrics
+            .authz
+            .with_label_values(&[INBOUND, decision.verdict.as_str(), rule])
+            .inc();
+        if decision.verdict != Verdict::Allow {
+            let reason = match (&self.service, decision.rule) {
+                (None, _) => "this sidecar's identity is not a service in the mesh file",
+                (Some(_), Some(_)) => "denied by rule",
+                (Some(_), None) => "no rule allows it",
+            };
+            tracing::warn!(
+                decision = decision.verdict.as_str(),
+                peer = %self.peer,
+                service,
+                port = self.port,
+                method = http.map(|h| h.method),
+                path = http.map(|h| h.path),
+                rule,
+                request_id,
+                reason,
+                "authorization denied{}",
+                if decision.verdict == Verdict::AuditDeny { " (audit mode: let through)" } else { "" }
+            );
+        }
+        Outcome {
+            verdict: decision.verdict,
+            requires_http: decision.requires_http,
+        }
+    }
+
+    /// Resolves when a reloaded policy no longer admits this connection at
+    /// L4 (its open connection must then be closed).
+    pub async fn revoked(&self, shared: &Shared) {
+        let mut changes = shared.registry.subscribe();
+        while changes.changed().await.is_ok() {
+            let snapshot = shared.registry.snapshot();
+            if !self.decide(shared, &snapshot, None, None).verdict.passes() {
+                tracing::info!(peer = %self.peer, port = self.port, "policy reload revoked an open connection");
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,277 @@
+//! The policy enforced by a real server sidecar, for a real client sidecar:
+//! default deny at L4, HTTP rules per request with normalized paths, deny
+//! over allow, audit mode, and reloads (a revoked peer's open connection is
+//! closed; a broken file leaves the last good policy in force).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use support::apps::http_app;
+use support::mesh::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+struct Mesh {
+    _ca: TestCa,
+    path: PathBuf,
+    app: SocketAddr,
+    protocol: &'static str,
+    web: Sidecar,
+    orders: Sidecar,
+}
+
+impl Mesh {
+    /// Rewrites the mesh file (same services) with another policy.
+    fn set_policy(&self, policy: &str) {
+        let endpoint = self.orders.inbound.unwrap();
+        let orders = workload("orders");
+        write_mesh_with_policy(
+            &self.path,
+            &[("orders", &orders, endpoint, self.app.port(), self.protocol)],
+            policy,
+        );
+    }
+
+    async fn authz(&self, decision: &str, rule: &str) -> f64 {
+        let series = format!(
+            "ward_authz_decisions_total{{decision=\"{decision}\",direction=\"inbound\",rule=\"{rule}\"}}"
+        );
+        self.orders.metric(&series).await
+    }
+}
+
+/// web --forward--> web sidecar ==mTLS==> orders sidecar --> `app`.
+async fn mesh(app: SocketAddr, protocol: &'static str, policy: &str) -> Mesh {
+    let ca = TestCa::start(DAY).await;
+    let path = ca.tmp.path().join("mesh.yaml");
+    let orders_id = workload("orders");
+    write_mesh_with_policy(
+        &path,
+        &[("orders", &orders_id, app, app.port(), protocol)],
+        policy,
+    );
+    let mut server = SidecarSpec::new(&ca, orders_id.clone(), path.clone());
+    server.app = Some(app);
+    let orders = server.start().await;
+    write_mesh_with_policy(
+        &path,
+        &[(
+            "orders",
+            &orders_id,
+            orders.inbound.unwrap(),
+            app.port(),
+            protocol,
+        )],
+        policy,
+    );
+    let mut client = SidecarSpec::new(&ca, workload("web"), path.clone());
+    client.forwards = vec![("orders".into(), app.port())];
+    let web = client.start().await;
+    assert!(web.wait_ready(Duration::from_secs(10)).await);
+    assert!(orders.wait_ready(Duration::from_secs(10)).await);
+    Mesh {
+        _ca: ca,
+        path,
+        app,
+        protocol,
+        web,
+        orders,
+    }
+}
+
+const WEB_ONLY_GETS: &str = r#"roles:
+  frontend: ["spiffe://mesh.test/ns/shop/sa/web"]
+allow:
+  - name: web-reads-api
+    from: [frontend]
+    to: orders
+    http: { methods: [GET], paths: ["/api/*", "/"] }
+deny:
+  - name: no-admin
+    from: [frontend]
+    to: orders
+    http: { paths: ["/api/admin/*"] }
+"#;
+
+const DB_ONLY: &str = r#"roles:
+  storage: ["spiffe://mesh.test/ns/shop/sa/db"]
+allow:
+  - { name: db-only, from: [storage], to: orders }
+"#;
+
+const EVERYONE: &str = r#"roles:
+  everyone: ["spiffe://mesh.test/ns/shop/sa/*"]
+allow:
+  - { name: everyone, from: [everyone], to: orders }
+"#;
+
+/// Sends requests on one keep-alive connection: (status, x-request-id, body).
+async fn get_all(addr: SocketAddr, reqs: &[(&str, &str)]) -> Vec<(u16, Option<String>, String)> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for (method, path) in reqs {
+        let req = Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("host", "orders")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sender.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        out.push((status, id, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_is_denied_by_default() {
+    let (app, accepted) = echo_app().await;
+    let m = mesh(app, "tcp", DB_ONLY).await;
+    let back = round_trip(m.web.forwards[0], b"let me in").await;
+    assert!(
+        back.map(|b| b.is_empty()).unwrap_or(true),
+        "nothing may come back"
+    );
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.authz("deny", "default").await == 1.0
+        })
+        .await
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the app never saw the connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_decided_one_by_one_on_normalized_paths() {
+    let m = mesh(http_app().await, "http", WEB_ONLY_GETS).await;
+    let answers = get_all(
+        m.web.forwards[0],
+        &[
+            ("GET", "/api/items"),
+            ("GET", "/api//v1/../items?x=1"),
+            ("POST", "/api/items"),
+            ("GET", "/api/admin/users"),
+            ("GET", "/api/./admin/users"),
+            ("GET", "/api%2Fadmin/users"),
+        ],
+    )
+    .await;
+    assert_eq!((answers[0].0, answers[0].2.as_str()), (200, "/api/items"));
+    // What was checked is what the app received: the normalized path.
+    assert_eq!((answers[1].0, answers[1].2.as_str()), (200, "/api/items"));
+    for (i, want) in [(2, 403), (3, 403), (4, 403), (5, 400)] {
+        let (status, id, body) = &answers[i];
+        assert_eq!(*status, want, "request {i}: {body}");
+        let id = id.as_deref().expect("a request id on every refusal");
+        assert!(body.contains(id), "{body}");
+        assert!(
+            !body.contains("no-admin") && !body.contains("web-reads"),
+            "no policy details to the caller: {body}"
+        );
+    }
+    assert_eq!(
+        m.authz("allow", "web-reads-api").await,
+        2.0 + 1.0,
+        "two requests and the connection"
+    );
+    assert_eq!(m.authz("deny", "default").await, 1.0);
+    assert_eq!(m.authz("deny", "no-admin").await, 2.0);
+    assert_eq!(m.authz("deny", "invalid_path").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_lets_denials_through_and_counts_them() {
+    let policy = "mode: audit\n";
+    let m = mesh(http_app().await, "http", policy).await;
+    let answers = get_all(m.web.forwards[0], &[("GET", "/api/anything")]).await;
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(
+        m.authz("audit_deny", "default").await,
+        2.0,
+        "the connection and the request"
+    );
+    assert_eq!(m.authz("deny", "default").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_a_peer_closes_its_open_connection() {
+    let (app, _) = echo_app().await;
+    let m = mesh(app, "tcp", EVERYONE).await;
+    let mut open = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    open.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    open.read_exact(&mut buf).await.unwrap();
+
+    m.set_policy(DB_ONLY);
+    let reloaded = "ward_policy_reloads_total{result=\"success\"}";
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.orders.metric(reloaded).await >= 2.0
+        })
+        .await
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), open.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the revoked connection must be closed");
+    assert!(rest.is_empty());
+    assert!(
+        round_trip(m.web.forwards[0], b"again")
+            .await
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_policy_file_leaves_the_last_good_one_in_force() {
+    let (app, accepted) = echo_app().await;
+    let m = mesh(app, "tcp", EVERYONE).await;
+    assert_eq!(round_trip(m.web.forwards[0], b"one").await.unwrap(), b"one");
+    let endpoint = m.orders.inbound.unwrap();
+    let orders = workload("orders");
+    let broken = "roles:\n  everyone: [\"spiffe://mesh.test/ns/shop/sa/*\"]\nallow:\n  - { name: x, from: [nobody], to: orders }\n";
+    write_mesh_with_policy(
+        &m.path,
+        &[("orders", &orders, endpoint, m.app.port(), m.protocol)],
+        broken,
+    );
+    let failed = "ward_policy_reloads_total{result=\"failure\"}";
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.orders.metric(failed).await >= 1.0
+        })
+        .await
+    );
+    assert_eq!(round_trip(m.web.forwards[0], b"two").await.unwrap(), b"two");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
