@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::apps::http_app;
+use support::apps::{http_app, http1_requests};
 use support::mesh::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,31 +79,14 @@ fn requests_series(status: u16) -> String {
     )
 }
 
+/// (status, body) of GET requests on one keep-alive connection.
 async fn h1_get(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String)> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let reqs: Vec<(&str, &str)> = paths.iter().map(|p| ("GET", *p)).collect();
+    http1_requests(addr, &reqs)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut out = Vec::new();
-    for path in paths {
-        let req = Request::get(*path)
-            .header("host", "orders")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), sender.ready())
-            .await
-            .unwrap()
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        out.push((status, String::from_utf8_lossy(&body).into_owned()));
-    }
-    out
+        .into_iter()
+        .map(|(status, _, body)| (status, body))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

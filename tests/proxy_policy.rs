@@ -10,11 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use support::apps::http_app;
+use support::apps::{http_app, http1_requests};
 use support::mesh::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -115,40 +111,6 @@ allow:
   - { name: everyone, from: [everyone], to: orders }
 "#;
 
-/// Sends requests on one keep-alive connection: (status, x-request-id, body).
-async fn get_all(addr: SocketAddr, reqs: &[(&str, &str)]) -> Vec<(u16, Option<String>, String)> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut out = Vec::new();
-    for (method, path) in reqs {
-        let req = Request::builder()
-            .method(*method)
-            .uri(*path)
-            .header("host", "orders")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), sender.ready())
-            .await
-            .unwrap()
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = resp.status().as_u16();
-        let id = resp
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        out.push((status, id, String::from_utf8_lossy(&body).into_owned()));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_is_denied_by_default() {
     let (app, accepted) = echo_app().await;
@@ -174,7 +136,7 @@ async fn tcp_is_denied_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_are_decided_one_by_one_on_normalized_paths() {
     let m = mesh(http_app().await, "http", WEB_ONLY_GETS).await;
-    let answers = get_all(
+    let answers = http1_requests(
         m.web.forwards[0],
         &[
             ("GET", "/api/items"),
@@ -213,7 +175,7 @@ async fn http_requests_are_decided_one_by_one_on_normalized_paths() {
 async fn audit_mode_lets_denials_through_and_counts_them() {
     let policy = "mode: audit\n";
     let m = mesh(http_app().await, "http", policy).await;
-    let answers = get_all(m.web.forwards[0], &[("GET", "/api/anything")]).await;
+    let answers = http1_requests(m.web.forwards[0], &[("GET", "/api/anything")]).await;
     assert_eq!(answers[0].0, 200);
     assert_eq!(
         m.authz("audit_deny", "default").await,

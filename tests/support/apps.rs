@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// An HTTP app: `/` answers 200 "hello <version>", `/api/...` answers its
 /// own path (so tests see what reached the app), `/slow` after 1 s, anything
@@ -68,4 +68,41 @@ pub async fn http_app() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Sends requests on one keep-alive connection: (status, x-request-id, body).
+pub async fn http1_requests(
+    addr: SocketAddr,
+    reqs: &[(&str, &str)],
+) -> Vec<(u16, Option<String>, String)> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for (method, path) in reqs {
+        let req = Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("host", "orders")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sender.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        out.push((status, id, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
 }
