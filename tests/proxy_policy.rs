@@ -237,3 +237,65 @@ async fn a_broken_policy_file_leaves_the_last_good_one_in_force() {
     assert_eq!(round_trip(m.web.forwards[0], b"two").await.unwrap(), b"two");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_http_probes_reach_the_app_without_mtls_and_nothing_else_does() {
+    let app = http_app().await;
+    let policy = format!(
+        "probes:\n  - port: {}\n    paths: [\"/api/healthz\"]\n",
+        app.port()
+    );
+    let m = mesh(app, "http", &policy).await;
+    let inbound = m.orders.inbound.unwrap();
+    // kubelet: plaintext HTTP to the sidecar's inbound port.
+    let answers = http1_requests(
+        inbound,
+        &[
+            ("GET", "/api/healthz"),
+            ("GET", "/api/./healthz"),
+            ("GET", "/api/orders"),
+        ],
+    )
+    .await;
+    assert_eq!((answers[0].0, answers[0].2.as_str()), (200, "/api/healthz"));
+    assert_eq!(
+        answers[1].0, 200,
+        "probe paths are matched after normalization"
+    );
+    assert_eq!(answers[2].0, 403, "only the declared probe paths pass");
+    assert_eq!(m.authz("allow", "probe").await, 2.0);
+    assert_eq!(m.authz("deny", "probe").await, 1.0);
+    // The probe does not open the port to the mesh: web has no allow rule.
+    let via_mesh = http1_requests_or_closed(m.web.forwards[0]).await;
+    assert!(via_mesh.is_none(), "web must not get through: {via_mesh:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_probe_opens_the_whole_port_in_plaintext() {
+    let (app, _) = echo_app().await;
+    let policy = format!("probes:\n  - port: {}\n", app.port());
+    let m = mesh(app, "tcp", &policy).await;
+    assert_eq!(
+        round_trip(m.orders.inbound.unwrap(), b"are you alive")
+            .await
+            .unwrap(),
+        b"are you alive"
+    );
+    assert_eq!(m.authz("allow", "probe").await, 1.0);
+}
+
+/// One GET through `addr`; `None` if the connection is closed instead.
+async fn http1_requests_or_closed(addr: SocketAddr) -> Option<u16> {
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(b"GET /api/healthz HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    (read >= 12)
+        .then(|| String::from_utf8_lossy(&head[9..12]).parse().ok())
+        .flatten()
+}

@@ -59,6 +59,32 @@ async fn handle(
             return;
         }
     };
+    // A TLS ClientHello starts with a handshake record (0x16); anything else
+    // is plaintext, which only a declared health probe may send.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(shared.limits.handshake_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(1..)) if first[0] != TLS_HANDSHAKE_RECORD => {
+            let snapshot = shared.registry.snapshot();
+            if snapshot.engine.is_probe(target.port(), None) {
+                record.peer = PROBE_PEER.into();
+                m.authz
+                    .with_label_values(&[INBOUND, "allow", "probe"])
+                    .inc();
+                return splice_probe(tcp, target, &shared).await;
+            }
+            if snapshot.engine.has_probe_paths(target.port()) {
+                record.peer = PROBE_PEER.into();
+                drop(snapshot);
+                return http::serve_probe(tcp, target, shared.clone()).await;
+            }
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            handshake_error("timeout");
+            return;
+        }
+    }
     let config = match shared.tls.server() {
         Ok(config) => config,
         Err(e) => {
@@ -139,6 +165,41 @@ async fn handle(
             .await
         }
     }
+}
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The `peer` label of plaintext probe connections (kubelet).
+const PROBE_PEER: &str = "probe";
+
+/// A whole-port (TCP) probe: plaintext straight to the app.
+async fn splice_probe(tcp: TcpStream, target: SocketAddr, shared: &Shared) {
+    let Ok(Ok(app)) =
+        tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(target)).await
+    else {
+        shared
+            .metrics
+            .connection_errors
+            .with_label_values(&[INBOUND, "app_unreachable"])
+            .inc();
+        return;
+    };
+    let received = shared
+        .metrics
+        .bytes
+        .with_label_values(&[INBOUND, PROBE_PEER, "received"]);
+    let sent = shared
+        .metrics
+        .bytes
+        .with_label_values(&[INBOUND, PROBE_PEER, "sent"]);
+    let _ = splice(
+        tcp,
+        app,
+        shared.limits.idle_timeout,
+        Some(received),
+        Some(sent),
+    )
+    .await;
 }
 
 /// Opaque TCP: connect to the app and carry bytes both ways.

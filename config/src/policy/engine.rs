@@ -274,6 +274,13 @@ impl Engine {
         }
     }
 
+    /// Whether `port` has probes limited to HTTP paths.
+    pub fn has_probe_paths(&self, port: u16) -> bool {
+        self.probes
+            .get(&port)
+            .is_some_and(|paths| !paths.is_empty())
+    }
+
     /// Every rule with the conditions it fails for `req` (empty: it
     /// matches), fewest failures first.
     pub fn explain(&self, req: &Request<'_>) -> Vec<(&RuleRef, Vec<Condition>)> {

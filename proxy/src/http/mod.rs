@@ -66,6 +66,26 @@ pub async fn serve_inbound<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve(io, version, Some(authz), peer, app, shared).await
+}
+
+/// Serves a plaintext health probe (kubelet, no mTLS): HTTP/1 requests
+/// whose normalized path is a declared probe path go to the app; anything
+/// else gets 403.
+pub async fn serve_probe(tcp: tokio::net::TcpStream, app: SocketAddr, shared: Arc<Shared>) {
+    serve(tcp, Detected::Http1, None, "probe".into(), app, shared).await
+}
+
+async fn serve<S>(
+    io: S,
+    version: Detected,
+    authz: Option<Inbound>,
+    peer: String,
+    app: SocketAddr,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let received = shared
         .metrics
         .bytes
@@ -125,7 +145,8 @@ pub async fn serve_inbound<S>(
 /// The app side of one downstream connection.
 struct Upstream {
     app: SocketAddr,
-    authz: Inbound,
+    /// `None` for plaintext health probes: only the declared probe paths pass.
+    authz: Option<Inbound>,
     shared: Arc<Shared>,
     h1: Mutex<Option<client1::SendRequest<Incoming>>>,
     h2: Mutex<Option<client2::SendRequest<Incoming>>>,
@@ -154,21 +175,40 @@ impl Upstream {
                 let id = request_id();
                 let labels = [INBOUND, "deny", "invalid_path"];
                 self.shared.metrics.authz.with_label_values(&labels).inc();
-                tracing::warn!(peer = %self.authz.peer, request_id = %id, error = %e, "refused an ambiguous request path");
+                let peer = self.authz.as_ref().map(|a| a.peer.to_string());
+                tracing::warn!(peer, request_id = %id, error = %e, "refused an ambiguous request path");
                 return refusal(StatusCode::BAD_REQUEST, &id);
             }
         };
         let id = request_id();
         let snapshot = self.shared.registry.snapshot();
-        let http = HttpRequest {
-            method: req.method().as_str(),
-            path: &path,
+        let passes = match &self.authz {
+            Some(authz) => {
+                let http = HttpRequest {
+                    method: req.method().as_str(),
+                    path: &path,
+                };
+                authz
+                    .decide(&self.shared, &snapshot, Some(http), Some(&id))
+                    .verdict
+                    .passes()
+            }
+            None => {
+                let probe = snapshot.engine.is_probe(self.app.port(), Some(&path));
+                let decision = if probe { "allow" } else { "deny" };
+                self.shared
+                    .metrics
+                    .authz
+                    .with_label_values(&[INBOUND, decision, "probe"])
+                    .inc();
+                if !probe {
+                    tracing::warn!(path = %path, port = self.app.port(), request_id = %id, "plaintext request outside the declared probes");
+                }
+                probe
+            }
         };
-        let outcome = self
-            .authz
-            .decide(&self.shared, &snapshot, Some(http), Some(&id));
         drop(snapshot);
-        if !outcome.verdict.passes() {
+        if !passes {
             return refusal(StatusCode::FORBIDDEN, &id);
         }
         let rewritten = if path != req.uri().path() {
