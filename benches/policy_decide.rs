@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy_decide");
     for rules in [10usize, 10_000] {
         let (policy, services) = policy(rules);
-        let engine = Engine::compile(&policy, &services);
+        let engine = Engine::compile(&policy, &services).expect("compiles");
         // A caller that rule (rules - 1) allows, to a service in the middle.
         let last = rules - 1;
         let (n_services, n_roles) = ((rules / 10).max(1), (rules / 5).max(1));

@@ -157,7 +157,7 @@ async fn upgrades_pass_through() {
     .await;
     let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
     tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .await
     .unwrap();
@@ -188,6 +188,32 @@ async fn upgrades_pass_through() {
         .unwrap();
     assert_eq!(&back, b"ping over the upgraded connection");
     assert_eq!(m.orders.metric(&requests_series(101)).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_upgrades_are_not_turned_into_tunnels() {
+    let m = mesh(
+        http_app().await,
+        "http",
+        Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    tcp.write_all(
+        b"GET /api/h2c HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &head, b"HTTP/1.1 200",
+        "served as a plain request, not switched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

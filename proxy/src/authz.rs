@@ -20,6 +20,9 @@ pub struct Inbound {
     pub peer: SpiffeId,
     pub service: Option<String>,
     pub port: u16,
+    /// Subscribed when the connection was first decided, so a reload that
+    /// lands before the connection is fully set up is still re-checked.
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The outcome the data path acts on.
@@ -32,7 +35,13 @@ pub struct Outcome {
 impl Inbound {
     /// Our service for `port`: the mesh file service that presents our
     /// identity and declares this port (or, failing that, any port).
-    pub fn new(peer: SpiffeId, snapshot: &Snapshot, own: &SpiffeId, port: u16) -> Self {
+    pub fn new(
+        peer: SpiffeId,
+        shared: &Shared,
+        snapshot: &Snapshot,
+        own: &SpiffeId,
+        port: u16,
+    ) -> Self {
         let ours = snapshot
             .mesh
             .services
@@ -47,6 +56,7 @@ impl Inbound {
             peer,
             service,
             port,
+            changes: shared.registry.subscribe(),
         }
     }
 
@@ -97,14 +107,22 @@ impl Inbound {
         }
     }
 
-    /// Resolves when a reloaded policy no longer admits this connection at
-    /// L4 (its open connection must then be closed).
-    pub async fn revoked(&self, shared: &Shared) {
-        let mut changes = shared.registry.subscribe();
+    /// Resolves when a reloaded policy no longer admits this connection:
+    /// denied at L4, or (for a connection carried as opaque bytes, `http`
+    /// false) admitted only for HTTP. Re-checks are not counted as decisions.
+    pub async fn revoked(&self, shared: &Shared, http: bool) {
+        let mut changes = self.changes.clone();
         while changes.changed().await.is_ok() {
             let snapshot = shared.registry.snapshot();
-            if !self.decide(shared, &snapshot, None, None).verdict.passes() {
-                tracing::info!(peer = %self.peer, port = self.port, "policy reload revoked an open connection");
+            let service = self.service.as_deref().unwrap_or_default();
+            let decision = snapshot.engine.decide(&Request {
+                from: &self.peer,
+                service,
+                port: self.port,
+                http: None,
+            });
+            if !decision.verdict.passes() || (!http && decision.requires_http) {
+                tracing::info!(peer = %self.peer, port = self.port, rule = decision.rule_label(), "policy reload revoked an open connection");
                 return;
             }
         }

@@ -116,7 +116,13 @@ async fn handle(
     };
     record.peer = peer.to_string();
     let snapshot = shared.registry.snapshot();
-    let authz = Inbound::new(peer, &snapshot, shared.identity.id(), target.port());
+    let authz = Inbound::new(
+        peer,
+        &shared,
+        &snapshot,
+        shared.identity.id(),
+        target.port(),
+    );
     let l4 = authz.decide(&shared, &snapshot, None, None);
     if !l4.verdict.passes() {
         return; // denied: counted and logged; the connection is closed
@@ -236,6 +242,6 @@ where
                 tracing::debug!(%peer, error = %e, "inbound connection ended");
             }
         }
-        () = authz.revoked(shared) => {}
+        () = authz.revoked(shared, false) => {}
     }
 }

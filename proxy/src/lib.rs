@@ -47,7 +47,7 @@ pub enum ProxyError {
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("mesh file: {0}")]
-    Mesh(#[from] ward_config::mesh::MeshError),
+    Mesh(#[from] registry::RegistryError),
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
     #[error("--forward {listen}: {reason}")]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use ward_config::mesh::{MeshConfig, MeshError};
-use ward_config::policy::engine::Engine;
+use ward_config::policy::engine::{Engine, PolicyTooLarge};
 
 use crate::metrics::ProxyMetrics;
 
@@ -28,10 +28,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(mesh: MeshConfig) -> Self {
-        let engine = Engine::compile(&mesh.policy, &mesh.services);
-        Self { mesh, engine }
+    fn new(mesh: MeshConfig) -> Result<Self, RegistryError> {
+        let engine = Engine::compile(&mesh.policy, &mesh.services)?;
+        Ok(Self { mesh, engine })
     }
+
+    fn load(path: &Path) -> Result<Self, RegistryError> {
+        Self::new(MeshConfig::load(path)?)
+    }
+}
+
+/// Why a mesh file was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Mesh(#[from] MeshError),
+    #[error("{0}")]
+    TooLarge(#[from] PolicyTooLarge),
 }
 
 pub struct Registry {
@@ -63,13 +76,17 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 
 impl Registry {
     /// Loads the mesh file; the first load must succeed.
-    pub fn load(path: &Path, metrics: Arc<ProxyMetrics>) -> Result<Arc<Self>, MeshError> {
-        let config = MeshConfig::load(path);
-        let label = if config.is_ok() { "success" } else { "failure" };
+    pub fn load(path: &Path, metrics: Arc<ProxyMetrics>) -> Result<Arc<Self>, RegistryError> {
+        let snapshot = Snapshot::load(path);
+        let label = if snapshot.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
         metrics.policy_reloads.with_label_values(&[label]).inc();
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(Snapshot::new(config?)),
+            current: ArcSwap::from_pointee(snapshot?),
             changes: watch::channel(0).0,
             metrics,
         }))
@@ -100,9 +117,9 @@ impl Registry {
 
     /// Loads the file again; keeps the current snapshot if it fails.
     pub fn reload(&self) {
-        match MeshConfig::load(&self.path) {
-            Ok(config) => {
-                self.current.store(Arc::new(Snapshot::new(config)));
+        match Snapshot::load(&self.path) {
+            Ok(snapshot) => {
+                self.current.store(Arc::new(snapshot));
                 self.metrics
                     .policy_reloads
                     .with_label_values(&["success"])

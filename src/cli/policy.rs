@@ -55,6 +55,11 @@ fn check(args: CheckArgs) -> Result<()> {
     for file in &args.files {
         match MeshConfig::load_with_warnings(file) {
             Ok((mesh, warnings)) => {
+                if let Err(e) = Engine::compile(&mesh.policy, &mesh.services) {
+                    failed += 1;
+                    println!("error: {}: {e}", file.display());
+                    continue;
+                }
                 for w in &warnings {
                     println!("warning: {w}");
                 }
@@ -108,7 +113,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         .as_deref()
         .zip(path.as_deref())
         .map(|(method, path)| HttpRequest { method, path });
-    let engine = Engine::compile(&mesh.policy, &mesh.services);
+    let engine = Engine::compile(&mesh.policy, &mesh.services)?;
     let req = Request {
         from: &from,
         service: &args.to,

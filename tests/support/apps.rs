@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// An HTTP app: `/` answers 200 "hello <version>", `/api/...` answers its
 /// own path (so tests see what reached the app), `/slow` after 1 s, anything
-/// else 404; `Upgrade: echo` switches protocols and echoes bytes. Serves
+/// else 404; `Upgrade: websocket` switches protocols and echoes bytes. Serves
 /// HTTP/1.1 and h2c (prior knowledge) on the same port.
 pub async fn http_app() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -25,7 +25,11 @@ pub async fn http_app() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = service_fn(|mut req: Request<Incoming>| async move {
                     let mut resp = Response::new(Full::new(Bytes::new()));
-                    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+                    if req
+                        .headers()
+                        .get("upgrade")
+                        .is_some_and(|v| v == "websocket")
+                    {
                         let upgrade = hyper::upgrade::on(&mut req);
                         tokio::spawn(async move {
                             if let Ok(up) = upgrade.await {

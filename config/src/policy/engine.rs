@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::model::{Mode, PathPattern, Policy, Rule, Target};
-use crate::mesh::{Position, Service};
+use crate::mesh::{Position, Protocol, Service};
 use crate::spiffe::SpiffeId;
 
 /// What to do with a connection or request.
@@ -120,9 +120,23 @@ struct ServiceIndex {
     parent: HashMap<String, Vec<u32>>,
 }
 
+/// Upper bound on index entries (rule x target service x role member): a
+/// hostile policy within the YAML budgets could otherwise ask for billions.
+pub const MAX_INDEX_ENTRIES: usize = 4_000_000;
+
+/// A policy whose compiled index would be too large.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the policy expands to {0} index entries (rules x target services x role members), more than \
+     {MAX_INDEX_ENTRIES}: use namespace wildcards or fewer, larger roles"
+)]
+pub struct PolicyTooLarge(pub usize);
+
 pub struct Engine {
     rules: Vec<Compiled>,
     services: HashMap<String, ServiceIndex>,
+    /// Ports each service declares `tcp`: HTTP conditions never apply there.
+    tcp_ports: HashMap<String, Vec<u16>>,
     identities: HashMap<String, SpiffeId>,
     probes: HashMap<u16, Vec<PathPattern>>,
     audit: bool,
@@ -133,8 +147,30 @@ impl Engine {
     pub fn compile(
         policy: &Policy,
         services: &std::collections::BTreeMap<String, Service>,
-    ) -> Self {
+    ) -> Result<Self, PolicyTooLarge> {
         let audit = policy.mode == Mode::Audit;
+        let members = |rule: &Rule| -> usize {
+            rule.from
+                .iter()
+                .filter_map(|r| policy.roles.get(r))
+                .map(|r| r.members.len())
+                .sum()
+        };
+        let entries: usize = policy
+            .deny
+            .iter()
+            .chain(&policy.allow)
+            .map(|r| {
+                members(r).saturating_mul(if matches!(r.to, Target::Role(_)) {
+                    services.len()
+                } else {
+                    1
+                })
+            })
+            .fold(0usize, usize::saturating_add);
+        if entries > MAX_INDEX_ENTRIES {
+            return Err(PolicyTooLarge(entries));
+        }
         let ordered = policy
             .deny
             .iter()
@@ -151,6 +187,17 @@ impl Engine {
                 .probes
                 .iter()
                 .map(|p| (p.port, p.paths.clone()))
+                .collect(),
+            tcp_ports: services
+                .iter()
+                .map(|(n, s)| {
+                    let tcp = s
+                        .ports
+                        .iter()
+                        .filter(|p| p.protocol == Protocol::Tcp)
+                        .map(|p| p.port);
+                    (n.clone(), tcp.collect())
+                })
                 .collect(),
             audit,
             policy: policy.clone(),
@@ -204,64 +251,93 @@ impl Engine {
                 ids.dedup();
             }
         }
-        engine
+        Ok(engine)
     }
 
     /// Decides one connection (`http: None`) or request.
+    ///
+    /// Enforcing deny rules win outright. Audit-mode deny rules never let
+    /// anything through that would otherwise be denied: they only turn an
+    /// allow into `audit_deny` (logged, counted, passed). HTTP conditions
+    /// never apply on ports declared `tcp`. At L4, a connection admitted
+    /// while an HTTP-conditioned deny could still apply (or admitted only by
+    /// HTTP-conditioned allows) `requires_http`: non-HTTP bytes are refused.
     pub fn decide(&self, req: &Request<'_>) -> Decision<'_> {
-        let candidates = self.candidates(req);
-        let mut requires_http = false;
-        let mut allowed_by_http_rule = None;
-        for &id in &candidates {
+        let opaque = self
+            .tcp_ports
+            .get(req.service)
+            .is_some_and(|p| p.contains(&req.port));
+        let mut audit_deny: Option<&RuleRef> = None;
+        let mut http_deny_pending = false;
+        let mut http_allow: Option<&RuleRef> = None;
+        for &id in &self.candidates(req) {
             let c = &self.rules[id as usize];
-            if !c.ports.is_empty() && !c.ports.contains(&req.port) {
+            if (!c.ports.is_empty() && !c.ports.contains(&req.port)) || (c.has_http && opaque) {
                 continue;
             }
-            match (req.http, c.has_http) {
-                (Some(http), true) if !http_matches(c, http) => continue,
+            let applies = match (req.http, c.has_http) {
+                (Some(http), true) => http_matches(c, http),
                 (None, true) => {
-                    // L4: an HTTP-conditioned deny cannot apply yet; an
-                    // HTTP-conditioned allow admits HTTP only.
-                    if c.rule.kind == RuleKind::Allow && allowed_by_http_rule.is_none() {
-                        allowed_by_http_rule = Some(&c.rule);
-                        requires_http = true;
+                    match c.rule.kind {
+                        RuleKind::Deny => http_deny_pending = true,
+                        RuleKind::Allow => {
+                            http_allow.get_or_insert(&c.rule);
+                        }
                     }
-                    continue;
+                    false
                 }
-                _ => {}
+                _ => true,
+            };
+            if !applies {
+                continue;
             }
-            return match c.rule.kind {
-                RuleKind::Deny => Decision {
-                    verdict: if c.audit {
-                        Verdict::AuditDeny
-                    } else {
-                        Verdict::Deny
-                    },
-                    rule: Some(&c.rule),
-                    requires_http: false,
-                },
-                RuleKind::Allow => Decision {
-                    verdict: Verdict::Allow,
-                    rule: Some(&c.rule),
-                    requires_http: false,
-                },
-            };
+            match c.rule.kind {
+                RuleKind::Deny if !c.audit => {
+                    return Decision {
+                        verdict: Verdict::Deny,
+                        rule: Some(&c.rule),
+                        requires_http: false,
+                    };
+                }
+                RuleKind::Deny => {
+                    audit_deny.get_or_insert(&c.rule);
+                }
+                RuleKind::Allow => return self.admit(audit_deny, &c.rule, http_deny_pending),
+            }
         }
-        if let Some(rule) = allowed_by_http_rule {
-            return Decision {
-                verdict: Verdict::Allow,
-                rule: Some(rule),
-                requires_http,
-            };
+        if let Some(rule) = http_allow {
+            return self.admit(audit_deny, rule, true);
         }
+        let verdict = if self.audit {
+            Verdict::AuditDeny
+        } else {
+            Verdict::Deny
+        };
         Decision {
-            verdict: if self.audit {
-                Verdict::AuditDeny
-            } else {
-                Verdict::Deny
-            },
+            verdict,
             rule: None,
             requires_http: false,
+        }
+    }
+
+    /// An allow, unless an audit-mode deny matched too.
+    fn admit<'a>(
+        &'a self,
+        audit_deny: Option<&'a RuleRef>,
+        allow: &'a RuleRef,
+        requires_http: bool,
+    ) -> Decision<'a> {
+        match audit_deny {
+            Some(deny) => Decision {
+                verdict: Verdict::AuditDeny,
+                rule: Some(deny),
+                requires_http,
+            },
+            None => Decision {
+                verdict: Verdict::Allow,
+                rule: Some(allow),
+                requires_http,
+            },
         }
     }
 

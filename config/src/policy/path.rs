@@ -10,7 +10,8 @@
 //!
 //! Refused (the proxy answers 400) rather than guessed, because servers
 //! disagree on them: an encoded `/` (`%2F`), `\` or `%5C`, an encoded `%`
-//! (`%25`, a double-encoding vector), `%00` or any control character, a
+//! (`%25`, a double-encoding vector), `;` path parameters (Java servers strip
+//! them, others do not), `%00` or any control character, a
 //! malformed escape, and a path not starting with `/`.
 
 /// Why a path was refused.
@@ -28,6 +29,8 @@ pub enum PathError {
     Control,
     #[error("the path contains a malformed percent-encoding")]
     BadEscape,
+    #[error("the path contains ';' path parameters, which some servers strip and others do not")]
+    PathParameters,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -67,6 +70,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
                     b'%' => return Err(PathError::EncodedPercent),
+                    b';' => return Err(PathError::PathParameters),
                     c if c < 0x20 || c == 0x7f => return Err(PathError::Control),
                     c if is_unreserved(c) => decoded.push(c as char),
                     c => decoded.push_str(&format!("%{c:02X}")),
@@ -74,6 +78,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::PathParameters),
             b if b < 0x20 || b == 0x7f => return Err(PathError::Control),
             _ => {
                 // Multi-byte UTF-8 is copied through unchanged (the input is a &str).
@@ -150,6 +155,9 @@ mod tests {
             ("/api%", PathError::BadEscape),
             ("/api%4", PathError::BadEscape),
             ("/api%zz", PathError::BadEscape),
+            ("/admin;x/users", PathError::PathParameters),
+            ("/..;/admin", PathError::PathParameters),
+            ("/admin%3bx", PathError::PathParameters),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), Err(want), "{input}");

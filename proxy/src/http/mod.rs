@@ -97,7 +97,7 @@ async fn serve<S>(
     let io = crate::forward::metered(io, received, sent);
     let upstream = Arc::new(Upstream {
         app,
-        authz,
+        authz: authz.clone(),
         shared: shared.clone(),
         h1: Mutex::new(None),
         h2: Mutex::new(None),
@@ -120,6 +120,7 @@ async fn serve<S>(
             tokio::select! {
                 res = conn.as_mut() => res,
                 () = drain.draining() => { conn.as_mut().graceful_shutdown(); conn.await }
+                () = revoked(&authz, &shared) => Ok(()),
             }
         }
         _ => {
@@ -134,6 +135,7 @@ async fn serve<S>(
             tokio::select! {
                 res = conn.as_mut() => res,
                 () = drain.draining() => { conn.as_mut().graceful_shutdown(); conn.await }
+                () = revoked(&authz, &shared) => Ok(()),
             }
         }
     };
@@ -305,13 +307,18 @@ impl Upstream {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut resp);
             let idle = self.shared.limits.idle_timeout;
+            let (authz, shared) = (self.authz.clone(), self.shared.clone());
             tokio::spawn(async move {
                 // Bytes are already counted on the metered downstream stream.
                 let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
                     return;
                 };
                 let (a, b) = (TokioIo::new(down), TokioIo::new(up));
-                let _ = crate::forward::splice(a, b, idle, None, None).await;
+                tokio::select! {
+                    _ = crate::forward::splice(a, b, idle, None, None) => {}
+                    () = revoked(&authz, &shared) => {}
+                    () = shared.drain.closing() => {}
+                }
             });
         }
         Ok(resp)
@@ -326,8 +333,16 @@ enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// Only WebSocket upgrades are carried: any other protocol switch (h2c,
+/// custom) would turn a policed HTTP connection into unchecked bytes, so
+/// those requests go to the app as plain requests, Upgrade header removed.
 fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE)
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Removes hop-by-hop headers and those the Connection header names. For
@@ -354,6 +369,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Resolves when a policy reload revokes an authenticated connection;
+/// never for probes.
+async fn revoked(authz: &Option<Inbound>, shared: &Shared) {
+    match authz {
+        Some(authz) => authz.revoked(shared, true).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -93,7 +93,7 @@ fn the_documented_example_loads() {
     );
     assert_eq!(reads.mode, None);
     assert_eq!(policy.allow[1].to, Target::Role("backend".to_string()));
-    assert_eq!(policy.allow[2].mode, Some(Mode::Audit));
+    assert_eq!(policy.allow[2].mode, None);
     assert_eq!(policy.deny.len(), 1);
     assert_eq!(
         policy.probes,

@@ -135,7 +135,7 @@ fn base_policy() -> Policy {
 
 #[test]
 fn default_deny_and_first_matching_allow() {
-    let engine = Engine::compile(&base_policy(), &services(&["orders", "db", "web"]));
+    let engine = Engine::compile(&base_policy(), &services(&["orders", "db", "web"])).unwrap();
     let web = id("shop/sa/web");
     let orders = id("shop/sa/orders");
     let d = engine.decide(&l7(&web, "orders", "GET", "/api/items"));
@@ -173,7 +173,7 @@ fn default_deny_and_first_matching_allow() {
 
 #[test]
 fn deny_wins_whatever_the_order() {
-    let engine = Engine::compile(&base_policy(), &services(&["orders"]));
+    let engine = Engine::compile(&base_policy(), &services(&["orders"])).unwrap();
     let web = id("shop/sa/web");
     let d = engine.decide(&l7(&web, "orders", "GET", "/api/admin/users"));
     assert_eq!((d.verdict, d.rule_label()), (Verdict::Deny, "no-admin"));
@@ -181,7 +181,7 @@ fn deny_wins_whatever_the_order() {
 
 #[test]
 fn segment_wildcards_cover_exactly_one_segment() {
-    let engine = Engine::compile(&base_policy(), &services(&["orders"]));
+    let engine = Engine::compile(&base_policy(), &services(&["orders"])).unwrap();
     let edge = id("edge/sa/gateway");
     assert_eq!(
         engine
@@ -207,7 +207,7 @@ fn segment_wildcards_cover_exactly_one_segment() {
 
 #[test]
 fn l4_admits_http_only_when_only_http_rules_allow() {
-    let engine = Engine::compile(&base_policy(), &services(&["orders", "db"]));
+    let engine = Engine::compile(&base_policy(), &services(&["orders", "db"])).unwrap();
     let web = id("shop/sa/web");
     let d = engine.decide(&l4(&web, "orders", 8080));
     assert_eq!((d.verdict, d.requires_http), (Verdict::Allow, true));
@@ -224,7 +224,7 @@ fn l4_admits_http_only_when_only_http_rules_allow() {
 fn audit_mode_globally_and_per_rule() {
     let mut policy = base_policy();
     policy.mode = Mode::Audit;
-    let engine = Engine::compile(&policy, &services(&["orders", "db"]));
+    let engine = Engine::compile(&policy, &services(&["orders", "db"])).unwrap();
     let web = id("shop/sa/web");
     let d = engine.decide(&l4(&web, "db", 5432));
     assert_eq!((d.verdict, d.rule_label()), (Verdict::AuditDeny, "default"));
@@ -232,7 +232,7 @@ fn audit_mode_globally_and_per_rule() {
 
     let mut policy = base_policy();
     policy.deny[0].mode = Some(Mode::Audit);
-    let engine = Engine::compile(&policy, &services(&["orders", "db"]));
+    let engine = Engine::compile(&policy, &services(&["orders", "db"])).unwrap();
     let d = engine.decide(&l7(&web, "orders", "GET", "/api/admin/x"));
     assert_eq!(
         (d.verdict, d.rule_label()),
@@ -263,7 +263,7 @@ fn role_targets_and_probes() {
             at: at(),
         },
     ];
-    let engine = Engine::compile(&policy, &services(&["orders", "web"]));
+    let engine = Engine::compile(&policy, &services(&["orders", "web"])).unwrap();
     let orders = id("shop/sa/orders");
     assert_eq!(
         engine.decide(&l4(&orders, "web", 8080)).rule_label(),
@@ -281,7 +281,7 @@ fn role_targets_and_probes() {
 
 #[test]
 fn explain_names_the_failed_conditions() {
-    let engine = Engine::compile(&base_policy(), &services(&["orders", "db"]));
+    let engine = Engine::compile(&base_policy(), &services(&["orders", "db"])).unwrap();
     let web = id("shop/sa/web");
     let explained = engine.explain(&l7(&web, "orders", "POST", "/api/items"));
     let (nearest, failed) = &explained[0];
@@ -307,7 +307,10 @@ impl Rng {
     }
 }
 
-/// The semantics written as plainly as possible: a linear scan.
+/// The semantics written as plainly as possible, independently of the
+/// engine's index and scan order: enforcing denies win; audit denies only
+/// mark an allow; HTTP conditions never apply on tcp ports; at L4 a
+/// possible HTTP deny, or an HTTP-only allow, means `requires_http`.
 fn reference<'a>(
     policy: &'a Policy,
     svcs: &BTreeMap<String, Service>,
@@ -319,6 +322,11 @@ fn reference<'a>(
             .get(r)
             .is_some_and(|r| r.members.iter().any(|m| m.matches(id)))
     };
+    let opaque = svcs.get(req.service).is_some_and(|s| {
+        s.ports
+            .iter()
+            .any(|p| p.port == req.port && p.protocol == Protocol::Tcp)
+    });
     let base = |r: &Rule| {
         r.from.iter().any(|f| in_role(f, req.from))
             && match &r.to {
@@ -328,6 +336,7 @@ fn reference<'a>(
                     .is_some_and(|s| in_role(role, &s.identity)),
             }
             && (r.ports.is_empty() || r.ports.contains(&req.port))
+            && !(r.http.is_some() && opaque)
     };
     let http_ok = |r: &Rule| match (&r.http, req.http) {
         (None, _) => true,
@@ -341,23 +350,30 @@ fn reference<'a>(
         r.mode
             .map_or(policy.mode == Mode::Audit, |m| m == Mode::Audit)
     };
-    if let Some(r) = policy.deny.iter().find(|r| base(r) && http_ok(r)) {
-        return (
-            if audit(r) {
-                Verdict::AuditDeny
-            } else {
-                Verdict::Deny
-            },
-            Some(&r.name),
-            false,
-        );
+    if let Some(r) = policy
+        .deny
+        .iter()
+        .find(|r| base(r) && http_ok(r) && !audit(r))
+    {
+        return (Verdict::Deny, Some(&r.name), false);
     }
+    let audit_deny = policy
+        .deny
+        .iter()
+        .find(|r| base(r) && http_ok(r) && audit(r));
+    let pending = req.http.is_none() && policy.deny.iter().any(|r| base(r) && r.http.is_some());
+    let admit = |allow: &'a Rule, requires_http: bool| match audit_deny {
+        Some(d) => (Verdict::AuditDeny, Some(d.name.as_str()), requires_http),
+        None => (Verdict::Allow, Some(allow.name.as_str()), requires_http),
+    };
     if let Some(r) = policy.allow.iter().find(|r| base(r) && http_ok(r)) {
-        return (Verdict::Allow, Some(&r.name), false);
+        return admit(r, pending);
     }
-    let http_allow = policy.allow.iter().find(|r| base(r) && r.http.is_some());
-    if let (None, Some(r)) = (req.http, http_allow) {
-        return (Verdict::Allow, Some(&r.name), true);
+    if let (None, Some(r)) = (
+        req.http,
+        policy.allow.iter().find(|r| base(r) && r.http.is_some()),
+    ) {
+        return admit(r, true);
     }
     (
         if policy.mode == Mode::Audit {
@@ -368,6 +384,91 @@ fn reference<'a>(
         None,
         false,
     )
+}
+
+#[test]
+fn an_audit_deny_never_opens_what_would_be_denied_and_never_beats_an_enforcing_deny() {
+    let mut policy = base_policy();
+    let mut audit = rule("audit-all", &["frontend"], "orders", &[], None);
+    audit.mode = Some(Mode::Audit);
+    let enforce = rule("block-all", &["frontend"], "db", &[], None);
+    policy.deny = vec![audit.clone(), enforce.clone()];
+    let engine = Engine::compile(&policy, &services(&["orders", "db"])).unwrap();
+    let web = id("shop/sa/web");
+    // Matches an allow: let through, but marked.
+    let d = engine.decide(&l7(&web, "orders", "GET", "/api/x"));
+    assert_eq!(
+        (d.verdict, d.rule_label()),
+        (Verdict::AuditDeny, "audit-all")
+    );
+    // No allow: still denied by default.
+    assert_eq!(
+        engine.decide(&l7(&web, "orders", "POST", "/api/x")).verdict,
+        Verdict::Deny
+    );
+    // Whatever the order, the enforcing deny wins.
+    let mut both = rule("audit-db", &["frontend"], "db", &[], None);
+    both.mode = Some(Mode::Audit);
+    for deny in [
+        vec![both.clone(), enforce.clone()],
+        vec![enforce.clone(), both.clone()],
+    ] {
+        policy.deny = deny;
+        policy
+            .allow
+            .push(rule("web-db", &["frontend"], "db", &[], None));
+        let engine = Engine::compile(&policy, &services(&["orders", "db"])).unwrap();
+        let d = engine.decide(&l4(&web, "db", 5432));
+        assert_eq!((d.verdict, d.rule_label()), (Verdict::Deny, "block-all"));
+    }
+}
+
+#[test]
+fn http_conditions_never_apply_on_tcp_ports() {
+    let mut policy = base_policy();
+    // An HTTP-only allow without ports must not open the tcp port 5432.
+    policy.allow.push(rule(
+        "web-http-anything",
+        &["frontend"],
+        "orders",
+        &[],
+        Some((&[], &["/x"])),
+    ));
+    let engine = Engine::compile(&policy, &services(&["orders"])).unwrap();
+    let web = id("shop/sa/web");
+    assert_eq!(
+        engine.decide(&l4(&web, "orders", 5432)).verdict,
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn a_possible_http_deny_makes_the_connection_http_only() {
+    let mut policy = base_policy();
+    policy
+        .allow
+        .push(rule("web-all", &["frontend"], "orders", &[8080], None));
+    let engine = Engine::compile(&policy, &services(&["orders"])).unwrap();
+    let web = id("shop/sa/web");
+    let d = engine.decide(&l4(&web, "orders", 8080));
+    // "no-admin" (HTTP deny) could apply: opaque bytes must not pass.
+    assert_eq!(
+        (d.verdict, d.rule_label(), d.requires_http),
+        (Verdict::Allow, "web-all", true)
+    );
+}
+
+#[test]
+fn oversized_policies_are_refused_at_compile_time() {
+    let mut policy = base_policy();
+    let members: Vec<String> = (0..3_000).map(|i| format!("shop/sa/m{i}")).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    policy.roles.insert("huge".into(), role("huge", &refs).1);
+    policy.allow = (0..2_000)
+        .map(|i| rule(&format!("r{i}"), &["huge"], "orders", &[], None))
+        .collect();
+    let result = Engine::compile(&policy, &services(&["orders"]));
+    assert!(matches!(result, Err(PolicyTooLarge(n)) if n >= 6_000_000));
 }
 
 #[test]
@@ -450,7 +551,7 @@ fn indexed_engine_agrees_with_the_reference_on_random_policies() {
             deny,
             probes: vec![],
         };
-        let engine = Engine::compile(&policy, &svcs);
+        let engine = Engine::compile(&policy, &svcs).unwrap();
         for _ in 0..40 {
             let from = id(rng.pick(&idents));
             let service = rng.pick(&names);
