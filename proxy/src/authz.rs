@@ -42,16 +42,7 @@ impl Inbound {
         own: &SpiffeId,
         port: u16,
     ) -> Self {
-        let ours = snapshot
-            .mesh
-            .services
-            .values()
-            .filter(|s| &s.identity == own);
-        let service = ours
-            .clone()
-            .find(|s| s.port(port).is_some())
-            .or_else(|| ours.clone().next())
-            .map(|s| s.name.clone());
+        let service = snapshot.own_service(own, port).map(str::to_string);
         Self {
             peer,
             service,

@@ -14,23 +14,55 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
+use ward_config::SpiffeId;
 use ward_config::mesh::{MeshConfig, MeshError};
 use ward_config::policy::engine::{Engine, PolicyTooLarge};
 
 use crate::metrics::ProxyMetrics;
 
-/// One loaded mesh file and its compiled policy.
+/// One loaded mesh file and its compiled policy, with what every inbound
+/// connection asks computed once per load.
 pub struct Snapshot {
     pub mesh: MeshConfig,
     pub engine: Engine,
+    /// Service names by the identity their sidecars present.
+    by_identity: HashMap<SpiffeId, Vec<String>>,
 }
 
 impl Snapshot {
     fn new(mesh: MeshConfig) -> Result<Self, RegistryError> {
         let engine = Engine::compile(&mesh.policy, &mesh.services)?;
-        Ok(Self { mesh, engine })
+        let mut by_identity: HashMap<SpiffeId, Vec<String>> = HashMap::new();
+        for svc in mesh.services.values() {
+            by_identity
+                .entry(svc.identity.clone())
+                .or_default()
+                .push(svc.name.clone());
+        }
+        Ok(Self {
+            mesh,
+            engine,
+            by_identity,
+        })
+    }
+
+    /// The service of ours (presenting `own`) that a connection to `port`
+    /// is for: the one declaring the port, else any of ours.
+    pub fn own_service(&self, own: &SpiffeId, port: u16) -> Option<&str> {
+        let ours = self.by_identity.get(own)?;
+        let declares = |name: &&String| {
+            self.mesh
+                .service(name)
+                .is_some_and(|s| s.port(port).is_some())
+        };
+        ours.iter()
+            .find(declares)
+            .or_else(|| ours.first())
+            .map(String::as_str)
     }
 
     fn load(path: &Path) -> Result<Self, RegistryError> {

@@ -14,8 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +32,7 @@ use ward_config::{SpiffeId, TrustDomain};
 use ward_proxy::identity::csr::new_key_and_csr;
 use ward_proxy::identity::{CaClient, CaClientError, Svid};
 use ward_proxy::tls::config::{client_config, server_config};
+use ward_proxy::tls::roots::roots_from_pem;
 use ward_proxy::tls::{peer_id, svid_rejection};
 
 const TRUST_DOMAIN: &str = "demo.ward";
@@ -140,7 +140,7 @@ async fn scenario(workdir: &Path, once: bool) -> Result<()> {
     )?;
 
     // Mutual TLS between the two SVIDs, with ward's SPIFFE verifiers.
-    let roots = Arc::new(roots_from(&bundle_pem)?);
+    let roots = Arc::new(roots_from_pem(&bundle_pem)?);
     let seen = handshake(&web, &orders, roots.clone(), &td, orders_id.clone()).await?;
     ensure!(seen == web_id, "orders saw {seen}, expected {web_id}");
     step(
@@ -227,14 +227,6 @@ fn expect_refusal(what: &str, result: Result<String, CaClientError>, reason: &st
             "{what}: the CA issued a certificate it must refuse"
         )),
     }
-}
-
-fn roots_from(pem: &str) -> Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    Ok(roots)
 }
 
 /// One mTLS exchange on loopback: `client` connects to `server` expecting

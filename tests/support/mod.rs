@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 use ward_ca::authority::Authority;
 use ward_ca::store::{CaDir, InitOptions};
@@ -46,10 +44,6 @@ pub fn svid(authority: &Authority, id: &SpiffeId, ttl: Duration) -> Svid {
 }
 
 pub fn roots(dir: &CaDir) -> Arc<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    let pem = std::fs::read(dir.path(ward_ca::store::TRUST_BUNDLE)).expect("bundle");
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    Arc::new(roots)
+    let pem = std::fs::read_to_string(dir.path(ward_ca::store::TRUST_BUNDLE)).expect("bundle");
+    Arc::new(ward_proxy::tls::roots::roots_from_pem(&pem).expect("roots"))
 }

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::tls::roots::roots_from_pem;
 
 /// Upper bound on a CA response (a chain is ~2 KiB).
 const MAX_RESPONSE: usize = 1 << 20;
@@ -64,16 +65,8 @@ impl CaClient {
             uri.host().ok_or_else(bad_url)?,
             uri.port_u16().unwrap_or(443)
         );
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
-            let cert = cert.map_err(|e| CaClientError::BadBundle(e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| CaClientError::BadBundle(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(CaClientError::BadBundle("no certificate found".into()));
-        }
+        let roots =
+            roots_from_pem(bundle_pem).map_err(|e| CaClientError::BadBundle(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])

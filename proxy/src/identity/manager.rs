@@ -21,8 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use rustls::RootCertStore;
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::UnixTime;
 use rustls::server::ParsedCertificate;
 use time::OffsetDateTime;
 use ward_config::{SpiffeId, TrustDomain};
@@ -30,6 +29,7 @@ use ward_config::{SpiffeId, TrustDomain};
 use super::csr::new_key_and_csr;
 use super::{CaClient, Svid};
 use crate::metrics::ProxyMetrics;
+use crate::tls::roots::roots_from_pem;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -66,6 +66,8 @@ pub enum IdentityError {
     Install(#[from] super::SvidInstallError),
     #[error("the trust bundle is unusable: {0}")]
     Bundle(String),
+    #[error("the trust bundle is unusable: {0}")]
+    Roots(#[from] crate::tls::roots::RootsError),
     #[error("the issued SVID does not chain to the trust bundle: {0}")]
     Untrusted(rustls::Error),
 }
@@ -204,21 +206,6 @@ impl IdentityManager {
         self.metrics.bundle_roots.set(identity.roots.len() as i64);
         self.current.store(Some(identity));
     }
-}
-
-/// Parses a PEM bundle into a root store; at least one root.
-pub fn roots_from_pem(pem: &str) -> Result<RootCertStore, IdentityError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| IdentityError::Bundle(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| IdentityError::Bundle(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(IdentityError::Bundle("no certificate in the bundle".into()));
-    }
-    Ok(roots)
 }
 
 fn same_roots(a: &RootCertStore, b: &RootCertStore) -> bool {

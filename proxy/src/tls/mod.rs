@@ -4,6 +4,7 @@
 pub mod config;
 pub mod failure;
 pub mod mesh;
+pub mod roots;
 pub mod svid;
 pub mod verifier;
 
