@@ -49,7 +49,7 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
-    /// The sidecar: mutual TLS between workloads (explicit mode).
+    /// The sidecar: mutual TLS between workloads (transparent or explicit mode).
     Proxy(Box<cli::proxy::ProxyArgs>),
 }
 

@@ -178,22 +178,31 @@ impl MeshConfig {
     /// since a dual-stack socket reports IPv4 peers that way. Validation
     /// guarantees at most one service matches, so the answer does not depend
     /// on iteration order. The scan is linear in the number of endpoints;
-    /// callers on a hot path with very large meshes may want an index.
+    /// the proxy indexes services by IP and calls [`match_destination`].
     pub fn by_destination(&self, dst: SocketAddr) -> Option<(&Service, &PortSpec)> {
-        let (ip, port) = (dst.ip().to_canonical(), dst.port());
-        let exact = self.services.values().find(|service| {
-            let mut endpoints = service.endpoints.iter();
-            endpoints.any(|e| e.ip() == ip && e.port() == port)
-        });
-        if let Some(service) = exact {
-            let spec = service.port(port).or_else(|| service.ports.first())?;
-            return Some((service, spec));
-        }
-        self.services
-            .values()
-            .filter(|service| service.endpoints.iter().any(|e| e.ip() == ip))
-            .find_map(|service| service.port(port).map(|spec| (service, spec)))
+        match_destination(self.services.values(), dst)
     }
+}
+
+/// [`MeshConfig::by_destination`] over `candidates` only: callers with an
+/// index (services by endpoint IP) pass the few services it names, and get
+/// the same answer as a scan of the whole mesh would.
+pub fn match_destination<'a>(
+    candidates: impl Iterator<Item = &'a Service> + Clone,
+    dst: SocketAddr,
+) -> Option<(&'a Service, &'a PortSpec)> {
+    let (ip, port) = (dst.ip().to_canonical(), dst.port());
+    let exact = candidates.clone().find(|service| {
+        let mut endpoints = service.endpoints.iter();
+        endpoints.any(|e| e.ip() == ip && e.port() == port)
+    });
+    if let Some(service) = exact {
+        let spec = service.port(port).or_else(|| service.ports.first())?;
+        return Some((service, spec));
+    }
+    candidates
+        .filter(|service| service.endpoints.iter().any(|e| e.ip() == ip))
+        .find_map(|service| service.port(port).map(|spec| (service, spec)))
 }
 
 impl Service {

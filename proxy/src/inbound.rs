@@ -52,9 +52,9 @@ async fn handle(
     let target = match dst.original_dst(&tcp) {
         Ok(target) => target,
         Err(e) => {
-            tracing::warn!(%client, error = %e, "cannot recover the original destination");
+            tracing::warn!(%client, error = %e, "inbound connection refused");
             m.connection_errors
-                .with_label_values(&[INBOUND, "no_original_dst"])
+                .with_label_values(&[INBOUND, e.reason()])
                 .inc();
             return;
         }

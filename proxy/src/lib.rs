@@ -20,14 +20,16 @@ pub mod settings;
 pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use drain::Drain;
+use dst::OriginalDst;
 use identity::{IdentityError, IdentityManager};
 use metrics::ProxyMetrics;
+use outbound::Target;
 use registry::Registry;
 use settings::{Limits, ProxySettings};
 use tls::MeshTls;
@@ -58,8 +60,8 @@ pub enum ProxyError {
 /// which serves nothing until [`Proxy::run`].
 pub struct Proxy {
     shared: Arc<Shared>,
-    inbound: Option<(TcpListener, SocketAddr)>,
-    forwards: Vec<(TcpListener, Arc<outbound::Route>)>,
+    inbound: Vec<(TcpListener, Arc<dyn OriginalDst>)>,
+    outbound: Vec<(TcpListener, Arc<outbound::Target>)>,
     admin: TcpListener,
     drain_timeout: std::time::Duration,
     reload_interval: std::time::Duration,
@@ -71,13 +73,24 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
         .map_err(|e| ProxyError::Bind(addr, e))
 }
 
+/// Binds the IPv4 address, and the IPv6 one when this host has IPv6 (a
+/// pod with IPv6 disabled still gets its IPv4 listener).
+async fn bind_dual(v4: SocketAddr, v6: SocketAddr) -> Result<Vec<TcpListener>, ProxyError> {
+    let mut listeners = vec![bind(v4).await?];
+    match listener::bind_v6_only(v6) {
+        Ok(listener) => listeners.push(listener),
+        Err(e) => tracing::info!(address = %v6, error = %e, "no IPv6 listener"),
+    }
+    Ok(listeners)
+}
+
 impl Proxy {
     pub async fn bind(settings: ProxySettings) -> Result<Self, ProxyError> {
         let metrics = Arc::new(ProxyMetrics::new());
         let registry = Registry::load(&settings.mesh_file, metrics.clone())?;
         let snapshot = registry.snapshot();
         let mesh = &snapshot.mesh;
-        let mut forwards = Vec::new();
+        let mut outbound = Vec::new();
         for f in &settings.forwards {
             let fail = |reason: String| ProxyError::Forward {
                 listen: f.listen,
@@ -95,15 +108,44 @@ impl Proxy {
                     .port(port)
                     .ok_or_else(|| fail(format!("service {:?} has no port {port}", f.service)))?;
             }
-            forwards.push((
+            outbound.push((
                 bind(f.listen).await?,
-                Arc::new(outbound::Route::new(f.service.clone())),
+                Arc::new(Target::Service(outbound::Route::new(f.service.clone()))),
             ));
         }
-        let inbound = match &settings.inbound {
-            Some(i) => Some((bind(i.listen).await?, i.app)),
-            None => None,
-        };
+        let mut inbound: Vec<(TcpListener, Arc<dyn OriginalDst>)> = Vec::new();
+        if let Some(i) = &settings.inbound {
+            inbound.push((bind(i.listen).await?, Arc::new(dst::Fixed(i.app))));
+        }
+        if let Some(t) = &settings.transparent {
+            let own = dst::OwnPorts {
+                inbound: t.inbound_port,
+                outbound: t.outbound_port,
+                admin: settings.admin.port(),
+            };
+            let any = |ip: IpAddr| SocketAddr::new(ip, t.inbound_port);
+            for listener in bind_dual(
+                any(Ipv4Addr::UNSPECIFIED.into()),
+                any(Ipv6Addr::UNSPECIFIED.into()),
+            )
+            .await?
+            {
+                inbound.push((listener, Arc::new(dst::LocalApp(own))));
+            }
+            let target = Arc::new(Target::Redirected {
+                dst: Arc::new(dst::Redirected(own)),
+                egress: t.egress,
+            });
+            let local = |ip: IpAddr| SocketAddr::new(ip, t.outbound_port);
+            for listener in bind_dual(
+                local(Ipv4Addr::LOCALHOST.into()),
+                local(Ipv6Addr::LOCALHOST.into()),
+            )
+            .await?
+            {
+                outbound.push((listener, target.clone()));
+            }
+        }
         let admin = bind(settings.admin).await?;
         let identity = IdentityManager::new(settings.identity, metrics.clone())?;
         let shared = Arc::new(Shared {
@@ -117,19 +159,21 @@ impl Proxy {
         Ok(Self {
             shared,
             inbound,
-            forwards,
+            outbound,
             admin,
             drain_timeout: settings.drain_timeout,
             reload_interval: settings.reload_interval,
         })
     }
 
+    /// The first inbound listener's address (explicit mode has one).
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
-        self.inbound.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.inbound.first().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// Every outbound listener's address, `--forward`s first.
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
-        self.forwards
+        self.outbound
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
@@ -151,15 +195,11 @@ impl Proxy {
         tasks.spawn(shared.identity.clone().run());
         tasks.spawn(shared.registry.clone().watch(self.reload_interval));
         tasks.spawn(admin::serve(self.admin, shared.clone()));
-        if let Some((listener, app)) = self.inbound {
-            tasks.spawn(inbound::serve(
-                listener,
-                shared.clone(),
-                Arc::new(dst::Fixed(app)),
-            ));
+        for (listener, dst) in self.inbound {
+            tasks.spawn(inbound::serve(listener, shared.clone(), dst));
         }
-        for (listener, route) in self.forwards {
-            tasks.spawn(outbound::serve(listener, shared.clone(), route));
+        for (listener, target) in self.outbound {
+            tasks.spawn(outbound::serve(listener, shared.clone(), target));
         }
         shutdown.await;
         shared.metrics.draining.inc();

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use prometheus::IntGauge;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::Shared;
@@ -51,6 +52,17 @@ impl Drop for ConnectionRecord {
             .with_label_values(&[self.direction, &self.peer])
             .inc();
     }
+}
+
+/// An IPv6-only listener, so that it can sit beside an IPv4 listener on
+/// the same port and every accepted socket has one family (the original
+/// destination lookup is per family).
+pub fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v6()?;
+    setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Accepts until the drain starts; runs `handle` for each connection.

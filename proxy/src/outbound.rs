@@ -1,6 +1,12 @@
 //! Outbound: take the local app's plaintext connection, find the service it
 //! is for, and carry it to one of that service's sidecars over mutual TLS,
 //! accepting only a server that presents the service's SPIFFE ID.
+//!
+//! Explicit mode (`--forward LISTEN=SERVICE`) knows the service from the
+//! listener and picks an endpoint round-robin. Transparent mode recovers the
+//! original destination, looks it up in the registry and dials that same
+//! address (the peer pod's PREROUTING rule takes it to its sidecar); a
+//! destination outside the mesh follows the egress mode.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +20,23 @@ use tokio_rustls::client::TlsStream;
 use ward_config::mesh::Service;
 
 use crate::Shared;
+use crate::dst::OriginalDst;
 use crate::forward::{splice, tls_transport};
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::OUTBOUND;
+use crate::settings::Egress;
 use crate::tls::failure::handshake_failure;
+
+/// What an outbound listener's connections are for.
+pub enum Target {
+    /// `--forward LISTEN=SERVICE`: one service, its endpoints in turn.
+    Service(Route),
+    /// Transparent mode: wherever the app was going.
+    Redirected {
+        dst: Arc<dyn OriginalDst>,
+        egress: Egress,
+    },
+}
 
 /// A `--forward` listener's target service.
 pub struct Route {
@@ -35,12 +54,15 @@ impl Route {
     }
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, route: Arc<Route>) {
+/// The `peer` label of connections let out of the mesh in plaintext.
+const EGRESS_PEER: &str = "egress";
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, target: Arc<Target>) {
     let handler_shared = shared.clone();
     accept_loop(listener, shared, OUTBOUND, move |tcp, client, record| {
         let shared = handler_shared.clone();
-        let route = route.clone();
-        async move { handle(tcp, client, record, shared, route).await }
+        let target = target.clone();
+        async move { handle(tcp, client, record, shared, &target).await }
     })
     .await;
 }
@@ -50,21 +72,51 @@ async fn handle(
     client: SocketAddr,
     mut record: ConnectionRecord,
     shared: Arc<Shared>,
-    route: Arc<Route>,
+    target: &Target,
 ) {
     let m = &shared.metrics;
     let registry = shared.registry.snapshot();
-    let Some(service) = registry.mesh.service(&route.service) else {
-        m.connection_errors
-            .with_label_values(&[OUTBOUND, "unknown_service"])
-            .inc();
-        tracing::warn!(%client, service = %route.service, "service is not in the mesh file");
-        return;
+    let (service, endpoints) = match target {
+        Target::Service(route) => {
+            let Some(service) = registry.mesh.service(&route.service) else {
+                m.connection_errors
+                    .with_label_values(&[OUTBOUND, "unknown_service"])
+                    .inc();
+                tracing::warn!(%client, service = %route.service, "service is not in the mesh file");
+                return;
+            };
+            let start = route.next.fetch_add(1, Ordering::Relaxed);
+            let mut endpoints = service.endpoints.clone();
+            let len = endpoints.len().max(1);
+            endpoints.rotate_left(start % len);
+            (service, endpoints)
+        }
+        Target::Redirected { dst, egress: mode } => {
+            let original = match dst.original_dst(&app) {
+                Ok(original) => original,
+                Err(e) => {
+                    m.connection_errors
+                        .with_label_values(&[OUTBOUND, e.reason()])
+                        .inc();
+                    tracing::warn!(%client, error = %e, "outbound connection refused");
+                    return;
+                }
+            };
+            match registry.destination(original) {
+                Some((service, _)) => (service, vec![original]),
+                None => {
+                    record.peer = EGRESS_PEER.into();
+                    drop(registry);
+                    return egress(app, original, *mode, &shared).await;
+                }
+            }
+        }
     };
     record.peer = service.name.clone();
-    let Some(tls) = connect(service, &route, &shared).await else {
+    let Some(tls) = connect(service, &endpoints, &shared).await else {
         return;
     };
+    drop(registry);
     let sent = m.bytes.with_label_values(&[OUTBOUND, &record.peer, "sent"]);
     let received = m
         .bytes
@@ -78,16 +130,66 @@ async fn handle(
     )
     .await
     {
-        tracing::debug!(service = %service.name, error = %e, "outbound connection ended");
+        tracing::debug!(peer = %record.peer, error = %e, "outbound connection ended");
     }
 }
 
-/// Tries the service's endpoints in round-robin order until one completes
-/// the handshake. A TLS failure (wrong identity, untrusted chain) is not
+/// A destination outside the mesh: let it out in plaintext, or refuse it.
+/// Either way it counts as an `egress` decision, so a dashboard shows what
+/// the default egress mode lets out or blocks.
+async fn egress(app: TcpStream, original: SocketAddr, mode: Egress, shared: &Shared) {
+    let m = &shared.metrics;
+    if mode == Egress::Deny {
+        m.authz
+            .with_label_values(&[OUTBOUND, "deny", EGRESS_PEER])
+            .inc();
+        tracing::warn!(destination = %original, "egress denied: the destination is not a service in the mesh file");
+        return;
+    }
+    m.authz
+        .with_label_values(&[OUTBOUND, "allow", EGRESS_PEER])
+        .inc();
+    let upstream = match tokio::time::timeout(
+        shared.limits.connect_timeout,
+        TcpStream::connect(original),
+    )
+    .await
+    {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            m.connection_errors
+                .with_label_values(&[OUTBOUND, "egress_unreachable"])
+                .inc();
+            tracing::info!(destination = %original, error = %e, "egress destination unreachable");
+            return;
+        }
+        Err(_) => {
+            m.connection_errors
+                .with_label_values(&[OUTBOUND, "egress_connect_timeout"])
+                .inc();
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let sent = m.bytes.with_label_values(&[OUTBOUND, EGRESS_PEER, "sent"]);
+    let received = m
+        .bytes
+        .with_label_values(&[OUTBOUND, EGRESS_PEER, "received"]);
+    let _ = splice(
+        app,
+        upstream,
+        shared.limits.idle_timeout,
+        Some(sent),
+        Some(received),
+    )
+    .await;
+}
+
+/// Tries `endpoints` in order until one completes the handshake. A TLS failure (wrong identity, untrusted chain) is not
 /// retried on another endpoint: it is a security event, not an outage.
 async fn connect(
     service: &Service,
-    route: &Route,
+    endpoints: &[SocketAddr],
     shared: &Shared,
 ) -> Option<TlsStream<BufReader<TcpStream>>> {
     let m = &shared.metrics;
@@ -101,10 +203,7 @@ async fn connect(
             return None;
         }
     };
-    let start = route.next.fetch_add(1, Ordering::Relaxed);
-    let count = service.endpoints.len();
-    for i in 0..count {
-        let endpoint = service.endpoints[(start + i) % count];
+    for &endpoint in endpoints {
         let tcp = match tokio::time::timeout(
             shared.limits.connect_timeout,
             TcpStream::connect(endpoint),

@@ -9,6 +9,7 @@
 //! `ward_policy_reloads_total{result}`. Each good load is announced on a
 //! watch channel, so open connections can re-check their authorization.
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use ward_config::SpiffeId;
-use ward_config::mesh::{MeshConfig, MeshError};
+use ward_config::mesh::{MeshConfig, MeshError, PortSpec, Service, match_destination};
 use ward_config::policy::engine::{Engine, PolicyTooLarge};
 
 use crate::metrics::ProxyMetrics;
@@ -31,6 +32,9 @@ pub struct Snapshot {
     pub engine: Engine,
     /// Service names by the identity their sidecars present.
     by_identity: HashMap<SpiffeId, Vec<String>>,
+    /// Service names by endpoint IP: outbound lookups in transparent mode
+    /// are one hash lookup instead of a scan of every endpoint.
+    by_ip: HashMap<IpAddr, Vec<String>>,
 }
 
 impl Snapshot {
@@ -43,11 +47,29 @@ impl Snapshot {
                 .or_default()
                 .push(svc.name.clone());
         }
+        let mut by_ip: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        for svc in mesh.services.values() {
+            for endpoint in &svc.endpoints {
+                let names = by_ip.entry(endpoint.ip().to_canonical()).or_default();
+                if !names.contains(&svc.name) {
+                    names.push(svc.name.clone());
+                }
+            }
+        }
         Ok(Self {
             mesh,
             engine,
             by_identity,
+            by_ip,
         })
+    }
+
+    /// The service (and port) an outbound connection to `dst` is for, by
+    /// the rules of `MeshConfig::by_destination`: an exact endpoint first,
+    /// else an endpoint IP that declares `dst`'s port.
+    pub fn destination(&self, dst: SocketAddr) -> Option<(&Service, &PortSpec)> {
+        let names = self.by_ip.get(&dst.ip().to_canonical())?;
+        match_destination(names.iter().filter_map(|n| self.mesh.service(n)), dst)
     }
 
     /// The service of ours (presenting `own`) that a connection to `port`
@@ -167,5 +189,51 @@ impl Registry {
                 tracing::error!(error = %e, "mesh file rejected; the last good one stays in force");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = "
+trust_domain: t.local
+services:
+  orders:
+    identity: spiffe://t.local/ns/shop/sa/orders
+    endpoints: [10.1.0.7:8080, 10.1.0.8:8080, 127.0.0.1:15006]
+    ports: [{port: 8080, protocol: http}, {port: 5432, protocol: tcp}]
+  db:
+    identity: spiffe://t.local/ns/shop/sa/db
+    endpoints: [10.1.0.7:6379, \"[fd00::9]:6379\"]
+    ports: [{port: 6379, protocol: tcp}]
+";
+
+    /// The index answers exactly what a scan of the whole mesh answers.
+    #[test]
+    fn indexed_destination_agrees_with_the_mesh_scan() {
+        let mesh = MeshConfig::parse(MESH, "mesh.yaml").expect("valid mesh");
+        let snapshot = Snapshot::new(mesh.clone()).expect("compiles");
+        let ips = [
+            "10.1.0.7",
+            "10.1.0.8",
+            "10.1.0.9",
+            "127.0.0.1",
+            "[fd00::9]",
+            "[::ffff:10.1.0.7]",
+        ];
+        let ports = [1, 5432, 6379, 8080, 15006];
+        let mut hits = 0;
+        for ip in ips {
+            for port in ports {
+                let dst: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+                let name =
+                    |m: Option<(&Service, &PortSpec)>| m.map(|(s, p)| (s.name.clone(), p.port));
+                let expected = name(mesh.by_destination(dst));
+                assert_eq!(name(snapshot.destination(dst)), expected, "{dst}");
+                hits += usize::from(expected.is_some());
+            }
+        }
+        assert_eq!(hits, 12, "the table exercises matches and misses");
     }
 }

@@ -74,11 +74,35 @@ pub struct Inbound {
     pub app: SocketAddr,
 }
 
+/// Transparent mode: `ward init`'s iptables rules redirect the pod's TCP to
+/// these ports, and the original destination comes from the socket.
+#[derive(Debug, Clone)]
+pub struct Transparent {
+    /// Listens on every address (PREROUTING redirects to the address the
+    /// packet arrived on).
+    pub inbound_port: u16,
+    /// Listens on loopback only (OUTPUT redirects to 127.0.0.1 / ::1), so
+    /// the outbound port is never a relay for other hosts.
+    pub outbound_port: u16,
+    pub egress: Egress,
+}
+
+/// What happens to an outbound connection whose destination is not a
+/// service in the mesh file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// Connect to it as the app asked, in plaintext (counted as `egress`).
+    Passthrough,
+    /// Close it, count it and log the destination.
+    Deny,
+}
+
 pub struct ProxySettings {
     pub identity: IdentityConfig,
     pub mesh_file: PathBuf,
     pub inbound: Option<Inbound>,
     pub forwards: Vec<Forward>,
+    pub transparent: Option<Transparent>,
     pub admin: SocketAddr,
     pub limits: Limits,
     pub drain_timeout: Duration,

@@ -1,4 +1,5 @@
-//! `ward proxy`: the sidecar, in explicit mode (static listeners).
+//! `ward proxy`: the sidecar, in explicit mode (static listeners) or in
+//! transparent mode (behind `ward init`'s iptables rules).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use clap::Args;
 use ward_config::{SpiffeId, parse_duration};
 use ward_proxy::Proxy;
 use ward_proxy::identity::{CaClient, IdentityConfig};
-use ward_proxy::settings::{Forward, Inbound, Limits, ProxySettings};
+use ward_proxy::settings::{Egress, Forward, Inbound, Limits, ProxySettings, Transparent};
 
 #[derive(Args)]
 pub struct ProxyArgs {
@@ -37,6 +38,21 @@ pub struct ProxyArgs {
     /// LISTEN=SERVICE[:PORT]: plaintext from the app on LISTEN goes to SERVICE over mTLS. Repeatable.
     #[arg(long = "forward", env = "WARD_FORWARD", value_delimiter = ',')]
     pub forwards: Vec<Forward>,
+    /// Transparent mode: take the connections `ward init` redirects (inbound
+    /// to --inbound-port, outbound to --outbound-port) and recover where they
+    /// were going. Run the proxy as the UID `ward init` excludes (--proxy-uid).
+    #[arg(long, env = "WARD_TRANSPARENT", conflicts_with_all = ["inbound", "app", "forwards"])]
+    pub transparent: bool,
+    /// Transparent mode: mesh connections arrive here (any address).
+    #[arg(long, env = "WARD_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+    /// Transparent mode: the app's outgoing connections arrive here (loopback).
+    #[arg(long, env = "WARD_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Transparent mode: what to do with a connection to a destination that
+    /// is not a service in the mesh file.
+    #[arg(long, env = "WARD_EGRESS", value_enum, default_value = "deny")]
+    pub egress: EgressMode,
     /// Admin server (/metrics, /ready, /live).
     #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]
     pub admin: SocketAddr,
@@ -60,6 +76,14 @@ pub struct ProxyArgs {
     pub bundle_refresh: String,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EgressMode {
+    /// Connect in plaintext, as the app asked (counted as `egress`).
+    Passthrough,
+    /// Refuse, count and log the destination.
+    Deny,
+}
+
 fn duration(flag: &str, value: &str) -> Result<Duration> {
     let d = parse_duration(value).with_context(|| flag.to_string())?;
     if d.is_zero() {
@@ -73,8 +97,25 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     id.workload().context("--identity")?;
     let bundle = std::fs::read_to_string(&args.ca_bundle)
         .with_context(|| format!("cannot read --ca-bundle {}", args.ca_bundle.display()))?;
-    if args.inbound.is_none() && args.forwards.is_empty() {
-        bail!("nothing to do: give --inbound LISTEN --app ADDR and/or --forward LISTEN=SERVICE");
+    if args.inbound.is_none() && args.forwards.is_empty() && !args.transparent {
+        bail!(
+            "nothing to do: give --transparent, or --inbound LISTEN --app ADDR and/or --forward LISTEN=SERVICE"
+        );
+    }
+    let transparent = args.transparent.then_some(Transparent {
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        egress: match args.egress {
+            EgressMode::Passthrough => Egress::Passthrough,
+            EgressMode::Deny => Egress::Deny,
+        },
+    });
+    let ports = [args.inbound_port, args.outbound_port, args.admin.port()];
+    let distinct = ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2];
+    if transparent.is_some() && (ports.contains(&0) || !distinct) {
+        bail!(
+            "--inbound-port, --outbound-port and the --admin port must be three different non-zero ports (got {ports:?})"
+        );
     }
     let settings = ProxySettings {
         identity: IdentityConfig {
@@ -90,6 +131,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             .zip(args.app)
             .map(|(listen, app)| Inbound { listen, app }),
         forwards: args.forwards,
+        transparent,
         admin: args.admin,
         limits: Limits {
             handshake_timeout: duration("--handshake-timeout", &args.handshake_timeout)?,

@@ -214,6 +214,7 @@ impl<'a> SidecarSpec<'a> {
                     port: Some(port),
                 })
                 .collect(),
+            transparent: None,
             admin: loopback,
             limits: self.limits,
             drain_timeout: self.drain_timeout,
