@@ -44,6 +44,12 @@ enum Command {
     },
     /// Run a local mesh end to end and print what happened.
     Demo(cli::demo::DemoArgs),
+    /// The plaintext workloads and clients `ward demo` runs in its pods.
+    #[command(hide = true)]
+    DemoApp {
+        #[command(subcommand)]
+        app: cli::demo_app::DemoApp,
+    },
     /// Check policy files, or explain a decision.
     Policy {
         #[command(subcommand)]
@@ -80,6 +86,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Ca { command } => cli::ca::run(command).await,
             Command::Demo(args) => cli::demo::run(args).await,
+            Command::DemoApp { app } => cli::demo_app::run(app).await,
             Command::Proxy(args) => cli::proxy::run(*args).await,
             Command::Policy { command } => cli::policy::run(command),
         }
