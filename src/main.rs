@@ -44,6 +44,8 @@ enum Command {
     },
     /// Run a local mesh end to end and print what happened.
     Demo(cli::demo::DemoArgs),
+    /// Program this network namespace's iptables to send the pod's TCP through the sidecar (init container; needs NET_ADMIN).
+    Init(cli::init::InitArgs),
     /// Check policy files, or explain a decision.
     Policy {
         #[command(subcommand)]
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Ca { command } => cli::ca::run(command).await,
             Command::Demo(args) => cli::demo::run(args).await,
+            Command::Init(args) => cli::init::run(args),
             Command::Proxy(args) => cli::proxy::run(*args).await,
             Command::Policy { command } => cli::policy::run(command),
         }

@@ -2,5 +2,6 @@
 
 pub mod ca;
 pub mod demo;
+pub mod init;
 pub mod policy;
 pub mod proxy;
