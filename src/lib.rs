@@ -4,3 +4,4 @@
 #![forbid(unsafe_code)]
 
 pub mod lab;
+pub mod intercept;

@@ -3,5 +3,6 @@
 pub mod ca;
 pub mod demo;
 pub mod demo_app;
+pub mod init;
 pub mod policy;
 pub mod proxy;
