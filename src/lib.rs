@@ -2,3 +2,5 @@
 //! system tests in `tests/` share. Kept apart from `cli/` so that tests can
 //! call it directly instead of through a subprocess.
 #![forbid(unsafe_code)]
+
+pub mod pods;
