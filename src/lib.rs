@@ -3,5 +3,6 @@
 //! call it directly instead of through a subprocess.
 #![forbid(unsafe_code)]
 
-pub mod lab;
 pub mod intercept;
+pub mod lab;
+pub mod pods;

@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod mesh;
+pub mod pods;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,27 @@
+//! Skipping (or, under `WARD_REQUIRE_NETNS=1`, failing) tests that need
+//! network-namespace pods where they cannot be built.
+
+/// True if pods can be built. Otherwise prints `skipping: <reason>` and
+/// returns false, unless `WARD_REQUIRE_NETNS=1` (CI jobs that run as root),
+/// where a missing capability is a failure rather than a silent pass.
+pub fn require_pods_or_skip() -> bool {
+    decide(ward::pods::availability())
+}
+
+/// As [`require_pods_or_skip`], and tcpdump is there for captures.
+pub fn require_capture_or_skip() -> bool {
+    decide(ward::pods::capture_availability())
+}
+
+fn decide(availability: Result<(), String>) -> bool {
+    match availability {
+        Ok(()) => true,
+        Err(reason) if std::env::var_os("WARD_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
+            panic!("WARD_REQUIRE_NETNS=1 but pods are unavailable: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            false
+        }
+    }
+}
