@@ -44,6 +44,9 @@ pub enum DemoApp {
         /// http://IP:PORT/PATH
         url: String,
     },
+    /// GET a URL and print its body; fails unless the status is 2xx (for
+    /// reading a sidecar's admin server from inside its pod).
+    Get { url: String },
     /// Connects, reads the greeting, sends one line and prints the greeting
     /// and the echo, or `closed: <error>`.
     Talk { addr: SocketAddr, line: String },
@@ -55,10 +58,18 @@ pub async fn run(app: DemoApp) -> Result<()> {
         DemoApp::Banner { listen, name } => serve_banner(listen, name).await,
         DemoApp::Request { method, url } => {
             match tokio::time::timeout(CLIENT_TIMEOUT, request(&method, &url)).await {
-                Ok(Ok(status)) => println!("{status}"),
+                Ok(Ok((status, _))) => println!("{status}"),
                 Ok(Err(e)) => println!("000 {e:#}"),
                 Err(_) => println!("000 timed out"),
             }
+            Ok(())
+        }
+        DemoApp::Get { url } => {
+            let (status, body) = tokio::time::timeout(CLIENT_TIMEOUT, request("GET", &url))
+                .await
+                .context("timed out")??;
+            anyhow::ensure!((200..300).contains(&status), "{url}: HTTP {status}");
+            print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
         DemoApp::Talk { addr, line } => {
@@ -117,7 +128,7 @@ async fn serve_banner(listen: SocketAddr, name: String) -> Result<()> {
     }
 }
 
-async fn request(method: &str, url: &str) -> Result<u16> {
+async fn request(method: &str, url: &str) -> Result<(u16, Bytes)> {
     let uri: hyper::Uri = url.parse().context("invalid URL")?;
     let authority = uri.authority().context("URL without host:port")?.clone();
     let addr: SocketAddr = authority
@@ -134,8 +145,8 @@ async fn request(method: &str, url: &str) -> Result<u16> {
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(req).await?;
     let status = response.status().as_u16();
-    response.into_body().collect().await?;
-    Ok(status)
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
 
 async fn talk(addr: SocketAddr, line: &str) -> Result<(String, String)> {
