@@ -1,0 +1,302 @@
+//! Transparent interception end to end, in network-namespace pods: the
+//! lab's CA, `web`/`orders`/`db` pods with `ward init` rules and
+//! `ward proxy --transparent` as uid 1337, and unmodified clients (curl,
+//! bash's /dev/tcp). Needs root, iproute2, iptables and tcpdump; skips with
+//! the reason otherwise (fails under `WARD_REQUIRE_NETNS=1`).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use support::pods::{require_capture_or_skip, require_pods_or_skip};
+use ward::lab::prometheus::sum;
+use ward::lab::scenario::{FLOWS, Verdict};
+use ward::lab::{Host, Lab, Member, Placement};
+use ward::pods::{Pod, PodCommand, Testbed};
+
+const WARD: &str = env!("CARGO_BIN_EXE_ward");
+
+fn start(testbed: &Testbed) -> Lab<'_> {
+    match Lab::start(WARD.as_ref(), Placement::Pods(testbed)) {
+        Ok(lab) => lab,
+        Err(e) => panic!("lab did not start: {e}\n{}", testbed.logs()),
+    }
+}
+
+fn pod<'a>(host: &'a Host<'_>) -> &'a Pod<'a> {
+    match host {
+        Host::Pod(pod) => pod,
+        Host::Loopback(..) => panic!("a pod lab has pods"),
+    }
+}
+
+fn member<'a, 'tb>(lab: &'a Lab<'tb>, name: &str) -> &'a Member<'tb> {
+    lab.member(name).expect("workload in the scenario")
+}
+
+/// `program args...` in `pod` as root (not the proxy's UID, so intercepted).
+fn run(pod: &Pod<'_>, program: &str, args: &[&str]) -> Output {
+    let mut cmd = PodCommand::new(program);
+    cmd.args(args).timeout(Duration::from_secs(15));
+    pod.run(&cmd).expect("command runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn app_addr(lab: &Lab<'_>, name: &str) -> SocketAddr {
+    let m = member(lab, name);
+    SocketAddr::new(m.host.ip(), m.workload.app.port().expect("serves"))
+}
+
+/// curl: `-w %{http_code}` after the body; exit status kept for refusals.
+fn curl(pod: &Pod<'_>, method: &str, url: &str) -> (String, Output) {
+    let out = run(
+        pod,
+        "curl",
+        &["-sS", "-m", "5", "-X", method, "-w", "\n%{http_code}", url],
+    );
+    (stdout(&out), out)
+}
+
+/// A plain TCP client (bash's /dev/tcp): read the greeting, send a line,
+/// read the echo.
+fn talk(pod: &Pod<'_>, addr: SocketAddr, line: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} || exit 1; timeout 5 head -n1 <&3; echo '{line}' >&3; timeout 5 head -n1 <&3",
+        addr.ip(),
+        addr.port()
+    );
+    stdout(&run(pod, "bash", &["-c", &script]))
+}
+
+#[test]
+fn unmodified_clients_get_what_the_policy_says() {
+    if !require_pods_or_skip() {
+        return;
+    }
+    let testbed = Testbed::new().expect("testbed");
+    let lab = start(&testbed);
+    let web = pod(&member(&lab, "web").host);
+    let orders = pod(&member(&lab, "orders").host);
+    let orders_url = format!("http://{}", app_addr(&lab, "orders"));
+
+    // An allowed HTTP call, to the pod's own address: the app is unaware.
+    let (body, _) = curl(web, "GET", &format!("{orders_url}/orders/7"));
+    assert_eq!(body, "orders: GET /orders/7\n\n200", "{}", lab.logs());
+    // Denied at L7: the rule allows GET only.
+    let (body, _) = curl(web, "POST", &format!("{orders_url}/orders"));
+    assert!(body.ends_with("403"), "POST answered {body:?}");
+
+    // A server-speaks-first TCP service on an opaque port: the greeting
+    // arrives without the client speaking first, then the echo.
+    let db = app_addr(&lab, "db");
+    assert_eq!(
+        talk(orders, db, "SELECT 1"),
+        "db ready\nSELECT 1\n",
+        "{}",
+        lab.logs()
+    );
+    // Denied at L4 by a deny rule: no greeting, nothing echoed.
+    let refused = talk(web, db, "SELECT 1");
+    assert!(
+        !refused.contains("db ready") && !refused.contains("SELECT"),
+        "web reached db: {refused:?}"
+    );
+
+    // The sidecars counted each decision under the deciding rule.
+    let inbound = |name: &str| lab.scrape(member(&lab, name)).expect("scrape");
+    let orders_metrics = inbound("orders");
+    let allowed = [("decision", "allow"), ("rule", "web-reads-orders")];
+    assert!(sum(&orders_metrics, "ward_authz_decisions_total", &allowed) >= 2.0);
+    let db_metrics = inbound("db");
+    let denied = [("decision", "deny"), ("rule", "web-never-db")];
+    assert_eq!(sum(&db_metrics, "ward_authz_decisions_total", &denied), 1.0);
+    let requests = [
+        ("peer", "spiffe://demo.ward/ns/shop/sa/web"),
+        ("status_code", "200"),
+    ];
+    assert_eq!(
+        sum(&orders_metrics, "ward_http_requests_total", &requests),
+        1.0
+    );
+
+    // The lab's own client agrees on every flow of the scenario.
+    for flow in &FLOWS {
+        let (verdict, output) = lab.call(flow).expect("call");
+        assert_eq!(verdict, flow.expect, "{}: {output}", flow.describe());
+    }
+}
+
+#[test]
+fn only_tls_crosses_the_bridge() {
+    if !require_capture_or_skip() {
+        return;
+    }
+    let testbed = Testbed::new().expect("testbed");
+    let lab = start(&testbed);
+    let web = pod(&member(&lab, "web").host);
+    let orders = pod(&member(&lab, "orders").host);
+    let capture = testbed.capture().expect("capture on the bridge");
+    let secret_path = "/orders/secret-path-5c1f";
+    let url = format!("http://{}{secret_path}", app_addr(&lab, "orders"));
+    let (body, _) = curl(web, "GET", &url);
+    assert!(body.ends_with("200"), "{body}\n{}", lab.logs());
+    let secret_line = "SELECT secret_column_9e2a";
+    let echoed = talk(orders, app_addr(&lab, "db"), secret_line);
+    assert!(echoed.contains(secret_line), "{echoed}");
+    let pcap = capture.stop().expect("capture stops");
+
+    let contains = |needle: &[u8]| pcap.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        pcap.len() > 2_000,
+        "the capture saw the traffic ({} bytes)",
+        pcap.len()
+    );
+    for plaintext in [
+        secret_path.as_bytes(),
+        b"orders: GET",
+        secret_line.as_bytes(),
+        b"db ready",
+    ] {
+        assert!(
+            !contains(plaintext),
+            "{:?} crossed the bridge in the clear",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+    // TLS 1.3 application data records (type 23, legacy version 3.3).
+    assert!(
+        contains(&[0x17, 0x03, 0x03]),
+        "no TLS records on the bridge"
+    );
+}
+
+#[test]
+fn a_pod_without_a_sidecar_cannot_reach_meshed_apps_in_the_clear() {
+    if !require_pods_or_skip() {
+        return;
+    }
+    let testbed = Testbed::new().expect("testbed");
+    let lab = start(&testbed);
+    let outsider = pod(lab.outsider.as_ref().expect("pod labs have an outsider"));
+    let (body, out) = curl(
+        outsider,
+        "GET",
+        &format!("http://{}/orders/1", app_addr(&lab, "orders")),
+    );
+    assert!(!out.status.success(), "plaintext reached orders: {body}");
+    assert!(!body.contains("orders:"), "the app answered: {body}");
+    // db's sidecar answers plaintext with a TLS alert at most; the app is
+    // never reached.
+    let answer = talk(outsider, app_addr(&lab, "db"), "SELECT 1");
+    assert!(
+        !answer.contains("db ready") && !answer.contains("SELECT"),
+        "{answer:?}"
+    );
+    let metrics = lab.scrape(member(&lab, "orders")).expect("scrape");
+    assert!(
+        sum(
+            &metrics,
+            "ward_tls_handshake_errors_total",
+            &[("direction", "inbound")]
+        ) >= 1.0,
+        "the refusal is counted"
+    );
+    // The admin port stays reachable (probes, Prometheus), by design.
+    let admin = format!("http://{}:15020/ready", member(&lab, "orders").host.ip());
+    assert!(curl(outsider, "GET", &admin).0.ends_with("200"));
+}
+
+#[test]
+fn destinations_outside_the_mesh_are_denied_by_default() {
+    if !require_pods_or_skip() {
+        return;
+    }
+    let testbed = Testbed::new().expect("testbed");
+    let lab = start(&testbed);
+    let web = pod(&member(&lab, "web").host);
+    let outsider = pod(lab.outsider.as_ref().expect("outsider"));
+    // A server outside the mesh, reachable in plaintext from other pods.
+    let mut server = PodCommand::new(WARD);
+    server.args([
+        "demo-app",
+        "http",
+        "--listen",
+        "0.0.0.0:9000",
+        "--name",
+        "outside",
+    ]);
+    outsider.spawn(&server).expect("server starts");
+    let url = format!("http://{}:9000/x", outsider.ipv4());
+    let answered = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        curl(outsider, "GET", &url).0.ends_with("200")
+    });
+    assert!(answered, "the outside server answers in plaintext");
+    let (body, out) = curl(web, "GET", &url);
+    assert!(!out.status.success(), "egress went through: {body}");
+    let metrics = lab.scrape(member(&lab, "web")).expect("scrape");
+    let egress = [
+        ("direction", "outbound"),
+        ("decision", "deny"),
+        ("rule", "egress"),
+    ];
+    assert_eq!(sum(&metrics, "ward_authz_decisions_total", &egress), 1.0);
+}
+
+#[test]
+fn restarting_or_crashing_the_proxy_leaks_no_rules() {
+    if !require_pods_or_skip() {
+        return;
+    }
+    let testbed = Testbed::new().expect("testbed");
+    let mut lab = start(&testbed);
+    let save = |lab: &Lab<'_>| {
+        let web = pod(&member(lab, "web").host);
+        let v4 = stdout(&run(web, "iptables-save", &["-t", "nat"]));
+        let v6 = stdout(&run(web, "ip6tables-save", &["-t", "nat"]));
+        // Counters and the header's timestamp change; the rules must not.
+        [v4, v6]
+            .concat()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = save(&lab);
+    assert!(
+        before.iter().any(|l| l.contains("WARD_OUTPUT")),
+        "{before:?}"
+    );
+    let get = &FLOWS[0];
+    assert_eq!(get.expect, Verdict::Allowed);
+
+    lab.stop_sidecar("web", true); // SIGKILL: a crash
+    // With the sidecar gone the app's traffic is still redirected: it fails
+    // closed instead of leaving the pod in the clear.
+    let (verdict, output) = lab.call(get).expect("call");
+    assert_eq!(verdict, Verdict::Denied, "no sidecar, no traffic: {output}");
+    lab.restart_sidecar("web").expect("restarts");
+    assert_eq!(
+        lab.call(get).expect("call").0,
+        Verdict::Allowed,
+        "{}",
+        lab.logs()
+    );
+
+    lab.restart_sidecar("web").expect("graceful restart");
+    assert_eq!(lab.call(get).expect("call").0, Verdict::Allowed);
+    // `ward init` again (a restarted init container) changes nothing either.
+    let web = pod(&member(&lab, "web").host);
+    let again = run(web, WARD, &["init"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(save(&lab), before, "rules changed across restarts");
+}
