@@ -25,6 +25,7 @@ use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::INBOUND;
 use crate::tls::failure::handshake_failure;
 use crate::tls::peer_id;
+use crate::upstream::{self, Upstream};
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, dst: Arc<dyn OriginalDst>) {
     let handler_shared = shared.clone();
@@ -180,14 +181,7 @@ const PROBE_PEER: &str = "probe";
 
 /// A whole-port (TCP) probe: plaintext straight to the app.
 async fn splice_probe(tcp: TcpStream, target: SocketAddr, shared: &Shared) {
-    let Ok(Ok(app)) =
-        tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(target)).await
-    else {
-        shared
-            .metrics
-            .connection_errors
-            .with_label_values(&[INBOUND, "app_unreachable"])
-            .inc();
+    let Some(app) = upstream::connect(target, Upstream::App, INBOUND, shared).await else {
         return;
     };
     let received = shared
@@ -214,25 +208,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let m = &shared.metrics;
-    let app = match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(target))
-        .await
-    {
-        Ok(Ok(app)) => app,
-        Ok(Err(e)) => {
-            m.connection_errors
-                .with_label_values(&[INBOUND, "app_unreachable"])
-                .inc();
-            tracing::warn!(%peer, app = %target, error = %e, "cannot reach the app");
-            return;
-        }
-        Err(_) => {
-            m.connection_errors
-                .with_label_values(&[INBOUND, "app_connect_timeout"])
-                .inc();
-            return;
-        }
+    let Some(app) = upstream::connect(target, Upstream::App, INBOUND, shared).await else {
+        return;
     };
-    let _ = app.set_nodelay(true);
     let received = m.bytes.with_label_values(&[INBOUND, peer, "received"]);
     let sent = m.bytes.with_label_values(&[INBOUND, peer, "sent"]);
     let idle = shared.limits.idle_timeout;

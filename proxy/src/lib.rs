@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod registry;
 pub mod settings;
 pub mod tls;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -26,6 +26,7 @@ use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::OUTBOUND;
 use crate::settings::Egress;
 use crate::tls::failure::handshake_failure;
+use crate::upstream::{self, Upstream};
 
 /// What an outbound listener's connections are for.
 pub enum Target {
@@ -149,28 +150,10 @@ async fn egress(app: TcpStream, original: SocketAddr, mode: Egress, shared: &Sha
     m.authz
         .with_label_values(&[OUTBOUND, "allow", EGRESS_PEER])
         .inc();
-    let upstream = match tokio::time::timeout(
-        shared.limits.connect_timeout,
-        TcpStream::connect(original),
-    )
-    .await
-    {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => {
-            m.connection_errors
-                .with_label_values(&[OUTBOUND, "egress_unreachable"])
-                .inc();
-            tracing::info!(destination = %original, error = %e, "egress destination unreachable");
-            return;
-        }
-        Err(_) => {
-            m.connection_errors
-                .with_label_values(&[OUTBOUND, "egress_connect_timeout"])
-                .inc();
-            return;
-        }
+    let Some(upstream) = upstream::connect(original, Upstream::Egress, OUTBOUND, shared).await
+    else {
+        return;
     };
-    let _ = upstream.set_nodelay(true);
     let sent = m.bytes.with_label_values(&[OUTBOUND, EGRESS_PEER, "sent"]);
     let received = m
         .bytes
