@@ -368,20 +368,3 @@ async fn serve_issues_svids_to_token_holders_and_stops_on_sigterm() {
     };
     assert!(status.success(), "serve exited with {status}");
 }
-
-#[test]
-fn demo_once_runs_the_scenario_and_exits_zero() {
-    let out = run(ward(&["demo", "--once"]));
-    assert_no_panic(&out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        stderr(&out)
-    );
-    assert!(
-        stdout.contains("every step behaved as designed"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("identity_mismatch"));
-}
