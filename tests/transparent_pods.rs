@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::pods::{require_capture_or_skip, require_pods_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario::{FLOWS, Verdict};
-use ward::lab::{Host, Lab, Member, Placement};
+use ward::lab::{Host, Lab, Member, Options, Placement};
 use ward::pods::{Pod, PodCommand, Testbed};
 
 const WARD: &str = env!("CARGO_BIN_EXE_ward");
@@ -299,4 +299,54 @@ fn restarting_or_crashing_the_proxy_leaks_no_rules() {
         String::from_utf8_lossy(&again.stderr)
     );
     assert_eq!(save(&lab), before, "rules changed across restarts");
+}
+
+/// `ward init --proxy-mark` with `ward proxy --mark`: the proxy runs as a
+/// UID the rules do not exempt, so only the mark keeps its own connections
+/// out of interception. Without `--mark` the same setup loops into the
+/// proxy's outbound port and is refused: the mark is what makes it work.
+#[test]
+fn the_proxy_can_be_exempted_by_socket_mark_instead_of_uid() {
+    if !require_pods_or_skip() {
+        return;
+    }
+    let init = |mark: bool| {
+        let mut args = vec!["--proxy-uid".to_string(), "4242".into()];
+        if mark {
+            args.extend(["--proxy-mark".into(), "0x539".into()]);
+        }
+        args
+    };
+    let get = &FLOWS[0];
+    let testbed = Testbed::new().expect("testbed");
+    let options = Options {
+        init_args: init(true),
+        proxy_args: vec!["--mark".into(), "0x539".into()],
+        proxy_as_root: true,
+    };
+    let lab = Lab::start_with(WARD.as_ref(), Placement::Pods(&testbed), options)
+        .unwrap_or_else(|e| panic!("lab: {e}\n{}", testbed.logs()));
+    assert_eq!(
+        lab.call(get).expect("call").0,
+        Verdict::Allowed,
+        "{}",
+        lab.logs()
+    );
+    drop(lab);
+    drop(testbed);
+
+    // Control: the same rules without a mark on the proxy's sockets. Its
+    // connection to the CA is redirected back into itself, so it never
+    // gets an SVID: the lab cannot start.
+    let testbed = Testbed::new().expect("testbed");
+    let options = Options {
+        init_args: init(true),
+        proxy_args: Vec::new(),
+        proxy_as_root: true,
+    };
+    let started = Lab::start_with(WARD.as_ref(), Placement::Pods(&testbed), options);
+    assert!(
+        started.is_err(),
+        "without the mark the proxy's traffic must be intercepted"
+    );
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod dial;
 pub mod drain;
 pub mod dst;
 pub mod forward;
@@ -43,6 +44,7 @@ pub struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     pub drain: Drain,
     pub limits: Limits,
+    pub dialer: dial::Dialer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,7 @@ impl Proxy {
             metrics,
             drain: Drain::new(),
             limits: settings.limits,
+            dialer: settings.dialer,
         });
         Ok(Self {
             shared,

@@ -189,7 +189,7 @@ async fn connect(
     for &endpoint in endpoints {
         let tcp = match tokio::time::timeout(
             shared.limits.connect_timeout,
-            TcpStream::connect(endpoint),
+            shared.dialer.connect(endpoint),
         )
         .await
         {

@@ -103,6 +103,8 @@ pub struct ProxySettings {
     pub inbound: Option<Inbound>,
     pub forwards: Vec<Forward>,
     pub transparent: Option<Transparent>,
+    /// How the proxy opens its own connections (socket mark).
+    pub dialer: crate::dial::Dialer,
     pub admin: SocketAddr,
     pub limits: Limits,
     pub drain_timeout: Duration,

@@ -41,7 +41,7 @@ pub async fn connect(
             .with_label_values(&[direction, reason])
             .inc();
     };
-    match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(addr)).await {
+    match tokio::time::timeout(shared.limits.connect_timeout, shared.dialer.connect(addr)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
             Some(tcp)

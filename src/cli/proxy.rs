@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ward::intercept::settings::parse_mark;
 use ward_config::{SpiffeId, parse_duration};
 use ward_proxy::Proxy;
+use ward_proxy::dial::Dialer;
 use ward_proxy::identity::{CaClient, IdentityConfig};
 use ward_proxy::settings::{Egress, Forward, Inbound, Limits, ProxySettings, Transparent};
 
@@ -53,6 +55,10 @@ pub struct ProxyArgs {
     /// is not a service in the mesh file.
     #[arg(long, env = "WARD_EGRESS", value_enum, default_value = "deny")]
     pub egress: EgressMode,
+    /// Put this SO_MARK (decimal or 0x hex) on every connection the proxy
+    /// makes, for `ward init --proxy-mark`. Needs CAP_NET_ADMIN.
+    #[arg(long, env = "WARD_MARK", value_parser = parse_mark)]
+    pub mark: Option<u32>,
     /// Admin server (/metrics, /ready, /live).
     #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]
     pub admin: SocketAddr,
@@ -117,10 +123,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             "--inbound-port, --outbound-port and the --admin port must be three different non-zero ports (got {ports:?})"
         );
     }
+    let dialer = Dialer::new(args.mark).context("--mark")?;
     let settings = ProxySettings {
         identity: IdentityConfig {
             id,
-            ca: CaClient::new(&args.ca, &bundle)?,
+            ca: CaClient::new(&args.ca, &bundle)?.with_dialer(dialer),
             token_file: args.token_file,
             initial_bundle_pem: bundle,
             bundle_refresh: duration("--bundle-refresh", &args.bundle_refresh)?,
@@ -132,6 +139,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             .map(|(listen, app)| Inbound { listen, app }),
         forwards: args.forwards,
         transparent,
+        dialer,
         admin: args.admin,
         limits: Limits {
             handshake_timeout: duration("--handshake-timeout", &args.handshake_timeout)?,

@@ -73,6 +73,17 @@ pub enum Placement<'tb> {
     Loopback(PathBuf),
 }
 
+/// Variations on the scenario, for tests of other deployments.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Extra `ward init` flags in every pod.
+    pub init_args: Vec<String>,
+    /// Extra `ward proxy` flags for every sidecar.
+    pub proxy_args: Vec<String>,
+    /// Pods only: run the sidecars as root instead of [`PROXY_UID`].
+    pub proxy_as_root: bool,
+}
+
 /// One workload and its processes.
 pub struct Member<'tb> {
     pub workload: Workload,
@@ -85,6 +96,7 @@ pub struct Lab<'tb> {
     ward: PathBuf,
     dir: PathBuf,
     transparent: bool,
+    options: Options,
     ca: Host<'tb>,
     ca_process: Option<Process<'tb>>,
     members: Vec<Member<'tb>>,
@@ -96,6 +108,15 @@ impl<'tb> Lab<'tb> {
     /// Creates the CA, the workloads, their apps and sidecars, and waits
     /// until every sidecar holds its SVID.
     pub fn start(ward: &Path, placement: Placement<'tb>) -> Result<Self, LabError> {
+        Self::start_with(ward, placement, Options::default())
+    }
+
+    /// [`Lab::start`] with [`Options`].
+    pub fn start_with(
+        ward: &Path,
+        placement: Placement<'tb>,
+        options: Options,
+    ) -> Result<Self, LabError> {
         let (transparent, dir, ca, outsider, hosts) = match placement {
             Placement::Pods(testbed) => {
                 let mut hosts = Vec::new();
@@ -122,6 +143,7 @@ impl<'tb> Lab<'tb> {
             ward: ward.to_owned(),
             dir,
             transparent,
+            options,
             ca,
             ca_process: None,
             members: WORKLOADS
@@ -353,7 +375,9 @@ impl<'tb> Lab<'tb> {
                 std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID))
                     .map_err(|e| LabError::io("changing owner of", &path, e))?;
             }
-            self.members[i].host.run(&self.ward, &strings(["init"]))?;
+            let mut init = strings(["init"]);
+            init.extend(self.options.init_args.iter().cloned());
+            self.members[i].host.run(&self.ward, &init)?;
         }
         let member = &self.members[i];
         if let Some(port) = member.workload.app.port() {
@@ -424,7 +448,8 @@ impl<'tb> Lab<'tb> {
                 ]));
             }
         }
-        let uid = self.transparent.then_some(PROXY_UID);
+        args.extend(self.options.proxy_args.iter().cloned());
+        let uid = (self.transparent && !self.options.proxy_as_root).then_some(PROXY_UID);
         let sidecar = member
             .host
             .spawn(&self.ward, &args, uid, &self.logs_dir())?;

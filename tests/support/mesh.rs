@@ -215,6 +215,7 @@ impl<'a> SidecarSpec<'a> {
                 })
                 .collect(),
             transparent: None,
+            dialer: Default::default(),
             admin: loopback,
             limits: self.limits,
             drain_timeout: self.drain_timeout,

@@ -250,7 +250,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> std::io::Result<TokioIo<TcpStream>> {
-        let connect = TcpStream::connect(self.app);
+        let connect = self.shared.dialer.connect(self.app);
         let tcp = tokio::time::timeout(self.shared.limits.connect_timeout, connect)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;

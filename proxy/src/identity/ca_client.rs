@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dial::Dialer;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::tls::roots::roots_from_pem;
@@ -47,6 +47,7 @@ pub struct CaClient {
     authority: String,
     server_name: ServerName<'static>,
     connector: TlsConnector,
+    dialer: Dialer,
 }
 
 impl CaClient {
@@ -78,7 +79,14 @@ impl CaClient {
             authority,
             server_name,
             connector: TlsConnector::from(Arc::new(config)),
+            dialer: Dialer::default(),
         })
+    }
+
+    /// Dial the CA with `dialer` (the proxy's socket mark).
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     /// Sends the CSR with the bearer token; returns the PEM chain (leaf first).
@@ -115,7 +123,9 @@ impl CaClient {
 
     async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<String, CaClientError> {
         let connect_err = |e| CaClientError::Connect(self.authority.clone(), e);
-        let tcp = TcpStream::connect(&self.authority)
+        let tcp = self
+            .dialer
+            .connect_host(&self.authority)
             .await
             .map_err(connect_err)?;
         let tls = self
