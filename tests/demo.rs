@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::pods::require_pods_or_skip;
+use support::pods::require_transparent_or_skip;
 
 const WARD: &str = env!("CARGO_BIN_EXE_ward");
 
@@ -83,7 +83,7 @@ fn demo_once_in_explicit_mode() {
 
 #[test]
 fn demo_once_with_pods_leaves_nothing_behind() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let out = demo(&["--once"]);
@@ -106,7 +106,7 @@ fn processes_of(id: &str) -> String {
 
 #[test]
 fn ctrl_c_stops_the_live_demo_and_cleans_up() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let mut child = Command::new(WARD)

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::pods::{require_capture_or_skip, require_pods_or_skip};
+use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario;
 use ward::lab::{Host, Lab, Member, PROXY_UID, Placement};
@@ -258,7 +258,7 @@ fn member_file(testbed: &Testbed, name: &str, file: &str) -> PathBuf {
 
 #[test]
 fn connections_aimed_at_the_proxy_ports_are_refused_not_looped() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -351,7 +351,7 @@ fn connections_aimed_at_the_proxy_ports_are_refused_not_looped() {
 
 #[test]
 fn a_dead_sidecar_fails_closed_both_ways() {
-    if !require_capture_or_skip() {
+    if !require_transparent_capture_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -424,7 +424,7 @@ fn a_dead_sidecar_fails_closed_both_ways() {
 
 #[test]
 fn garbage_and_foreign_tls_on_the_inbound_port_are_refused_and_counted() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -511,7 +511,7 @@ fn garbage_and_foreign_tls_on_the_inbound_port_are_refused_and_counted() {
 
 #[test]
 fn stalled_handshakes_are_cut_and_do_not_block_others() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -590,7 +590,7 @@ print(" ".join("%.1f" % x for x in out), flush=True)
 
 #[test]
 fn ipv6_is_intercepted_and_outside_the_mesh_denied() {
-    if !require_capture_or_skip() {
+    if !require_transparent_capture_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -646,7 +646,7 @@ fn ipv6_is_intercepted_and_outside_the_mesh_denied() {
 
 #[test]
 fn a_full_ipv6_mesh_flow_is_mutual_tls_and_policed() {
-    if !require_capture_or_skip() {
+    if !require_transparent_capture_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -727,7 +727,7 @@ fn a_full_ipv6_mesh_flow_is_mutual_tls_and_policed() {
 
 #[test]
 fn egress_passthrough_lets_plaintext_out_but_not_around_the_mesh() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -822,7 +822,7 @@ fn egress_passthrough_lets_plaintext_out_but_not_around_the_mesh() {
 
 #[test]
 fn hundreds_of_concurrent_connections_through_the_transparent_path() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -910,7 +910,7 @@ print(len(ok), len(bad), bad[:3], flush=True)
 
 #[test]
 fn aborted_and_half_closed_connections_end_cleanly() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use support::pods::{require_capture_or_skip, require_pods_or_skip};
+use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario::{FLOWS, Verdict};
 use ward::lab::{Host, Lab, Member, Options, Placement};
@@ -75,7 +75,7 @@ fn talk(pod: &Pod<'_>, addr: SocketAddr, line: &str) -> String {
 
 #[test]
 fn unmodified_clients_get_what_the_policy_says() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -133,7 +133,7 @@ fn unmodified_clients_get_what_the_policy_says() {
 
 #[test]
 fn only_tls_crosses_the_bridge() {
-    if !require_capture_or_skip() {
+    if !require_transparent_capture_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -177,7 +177,7 @@ fn only_tls_crosses_the_bridge() {
 
 #[test]
 fn a_pod_without_a_sidecar_cannot_reach_meshed_apps_in_the_clear() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -213,7 +213,7 @@ fn a_pod_without_a_sidecar_cannot_reach_meshed_apps_in_the_clear() {
 
 #[test]
 fn destinations_outside_the_mesh_are_denied_by_default() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
@@ -250,17 +250,27 @@ fn destinations_outside_the_mesh_are_denied_by_default() {
 
 #[test]
 fn restarting_or_crashing_the_proxy_leaks_no_rules() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
     let mut lab = start(&testbed);
     let save = |lab: &Lab<'_>| {
         let web = pod(&member(lab, "web").host);
-        let v4 = stdout(&run(web, "iptables-save", &["-t", "nat"]));
-        let v6 = stdout(&run(web, "ip6tables-save", &["-t", "nat"]));
+        // Both backends and families: whichever `ward init` picked, and
+        // anything that might have appeared in the other.
+        let tools = [
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ];
+        let saves: Vec<String> = tools
+            .iter()
+            .map(|t| stdout(&run(web, t, &["-t", "nat"])))
+            .collect();
         // Counters and the header's timestamp change; the rules must not.
-        [v4, v6]
+        saves
             .concat()
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -307,7 +317,7 @@ fn restarting_or_crashing_the_proxy_leaks_no_rules() {
 /// proxy's outbound port and is refused: the mark is what makes it work.
 #[test]
 fn the_proxy_can_be_exempted_by_socket_mark_instead_of_uid() {
-    if !require_pods_or_skip() {
+    if !require_transparent_or_skip() {
         return;
     }
     let init = |mark: bool| {

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use time::OffsetDateTime;
-use ward::intercept::backend::find_tool;
+use tokio::signal::unix::{SignalKind, signal};
+use ward::intercept::backend;
 use ward::lab::prometheus::{samples, sum};
 use ward::lab::scenario::{FLOWS, Request, Verdict};
 use ward::lab::{Host, Lab, Placement};
@@ -45,10 +46,17 @@ const ROUND: Duration = Duration::from_secs(5);
 pub async fn run(args: DemoArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Ctrl-C, and the signals of `kill`, `timeout` and a closed terminal:
+    // each stops the demo and removes what it started.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hangup.recv() => {}
         }
+        flag.store(true, Ordering::SeqCst);
     });
     // The lab drives processes synchronously; keep it off the runtime.
     tokio::task::spawn_blocking(move || demo(&args, &stop))
@@ -91,7 +99,8 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
         lab.members().len(),
         started.elapsed().as_secs_f64()
     );
-    let mut ok = drive(&lab)?;
+    interrupted(stop)?;
+    let mut ok = drive(&lab, stop)?;
     print_summary(&lab)?;
     if args.once {
         if !ok {
@@ -110,7 +119,11 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
             break;
         }
         println!("\n--- {} ---", now_utc());
-        ok &= drive(&lab)?;
+        ok &= match drive(&lab, stop) {
+            Ok(round) => round,
+            Err(_) if stop.load(Ordering::SeqCst) => break,
+            Err(e) => return Err(e),
+        };
         print_summary(&lab)?;
     }
     println!("\nstopping: sidecars, apps, CA and pods are being removed");
@@ -125,26 +138,58 @@ fn pods_unavailable() -> Option<String> {
     if let Err(reason) = pods::availability() {
         return Some(reason);
     }
-    let iptables = ["iptables", "iptables-nft", "iptables-legacy"];
-    if !iptables.iter().any(|t| find_tool(t).is_some()) {
-        return Some("iptables is not installed (Debian: apt-get install iptables)".into());
-    }
-    None
+    backend::availability().err()
 }
 
 /// Runs every flow once; true if all behaved as expected.
-fn drive(lab: &Lab<'_>) -> Result<bool> {
+/// Runs every flow once; true if each behaved as expected: the client saw
+/// the expected outcome *and* the receiving sidecar counted it under the
+/// expected rule (so a timeout or a crashed app is never taken for a denial).
+fn drive(lab: &Lab<'_>, stop: &AtomicBool) -> Result<bool> {
     println!("flows (unmodified plaintext clients; the sidecars carry them over mTLS):");
     let mut ok = true;
     for flow in &FLOWS {
+        interrupted(stop)?;
+        let to = lab.member(flow.to).context("the target workload")?;
+        let decision = match flow.expect {
+            Verdict::Allowed => "allow",
+            Verdict::Denied => "deny",
+        };
+        let labels = [
+            ("direction", "inbound"),
+            ("rule", flow.rule),
+            ("decision", decision),
+        ];
+        let counted =
+            || -> Result<f64> { Ok(sum(&lab.scrape(to)?, "ward_authz_decisions_total", &labels)) };
+        let before = counted()?;
         let (verdict, output) = lab.call(flow)?;
-        ok &= report(flow.describe(), flow.expect, verdict, flow.rule, &output);
+        let evidence = Evidence {
+            rule: flow.rule,
+            counted: counted()? > before,
+        };
+        ok &= report(flow.describe(), flow.expect, verdict, &evidence, &output);
     }
     if let Some(outsider) = &lab.outsider {
+        interrupted(stop)?;
         // A pod without a sidecar sends plaintext straight to orders' pod.
         ok &= outsider_flow(lab, outsider)?;
     }
     Ok(ok)
+}
+
+fn interrupted(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted; everything the demo started is being removed");
+    }
+    Ok(())
+}
+
+/// The receiving sidecar's record of a flow: the deciding rule (or refusal
+/// reason) and whether its counter moved.
+struct Evidence<'a> {
+    rule: &'a str,
+    counted: bool,
 }
 
 fn outsider_flow(lab: &Lab<'_>, outsider: &Host<'_>) -> Result<bool> {
@@ -158,24 +203,52 @@ fn outsider_flow(lab: &Lab<'_>, outsider: &Host<'_>) -> Result<bool> {
         orders.workload.app.port().unwrap_or_default(),
     )
         .into();
+    let labels = [("direction", "inbound"), ("reason", "not_tls")];
+    let refusals = || -> Result<f64> {
+        Ok(sum(
+            &lab.scrape(orders)?,
+            "ward_tls_handshake_errors_total",
+            &labels,
+        ))
+    };
+    let before = refusals()?;
     let (verdict, output) = lab.call_from(outsider, get, addr)?;
+    let evidence = Evidence {
+        rule: "not_tls",
+        counted: refusals()? > before,
+    };
     Ok(report(
         format!("outsider (no sidecar) -> {}: plaintext GET", get.to),
         Verdict::Denied,
         verdict,
-        "not_tls",
+        &evidence,
         &output,
     ))
 }
 
-fn report(what: String, expect: Verdict, got: Verdict, rule: &str, output: &str) -> bool {
-    let mark = if expect == got { "ok  " } else { "FAIL" };
+fn report(
+    what: String,
+    expect: Verdict,
+    got: Verdict,
+    evidence: &Evidence<'_>,
+    output: &str,
+) -> bool {
+    let ok = expect == got && evidence.counted;
+    let mark = if ok { "ok  " } else { "FAIL" };
     let verdict = match got {
         Verdict::Allowed => "allowed",
         Verdict::Denied => "denied ",
     };
-    println!("  {mark} {what:<50} {verdict} ({rule}; client saw: {output})");
-    expect == got
+    let counted = if evidence.counted {
+        ""
+    } else {
+        ", NOT counted by the sidecar"
+    };
+    println!(
+        "  {mark} {what:<50} {verdict} ({}{counted}; client saw: {output})",
+        evidence.rule
+    );
+    ok
 }
 
 fn print_summary(lab: &Lab<'_>) -> Result<()> {

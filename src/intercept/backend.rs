@@ -184,6 +184,16 @@ pub fn by_rule_count(
     BackendChoice { backend, reason }
 }
 
+/// Whether `ward init` can program interception here (an iptables
+/// backend is installed), and if not, what to install.
+pub fn availability() -> Result<(), String> {
+    if Backend::Nft.installed(Family::V4) || Backend::Legacy.installed(Family::V4) {
+        Ok(())
+    } else {
+        Err("iptables is not installed (Debian: apt-get install iptables)".into())
+    }
+}
+
 /// The first line of a message (tools' errors can run on with hints).
 pub fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()

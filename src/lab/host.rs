@@ -7,9 +7,10 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::pods::{Pod, PodCommand, PodProcess, Signal};
+use crate::pods::{Pod, PodCommand, PodProcess, Signal, output};
 
 use super::LabError;
 
@@ -20,13 +21,6 @@ pub enum Host<'tb> {
 }
 
 impl<'tb> Host<'tb> {
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Pod(pod) => pod.name(),
-            Self::Loopback(name, _) => name,
-        }
-    }
-
     pub fn ip(&self) -> IpAddr {
         match self {
             Self::Pod(pod) => pod.ipv4().into(),
@@ -65,7 +59,7 @@ impl<'tb> Host<'tb> {
                     .spawn()
                     .map_err(|e| LabError::io("starting", ward, e))?;
                 Ok(Process::Local(LocalProcess {
-                    child,
+                    child: Mutex::new(child),
                     stderr: logs.join(format!("{name}-{}.err", args[0])),
                 }))
             }
@@ -97,30 +91,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `ward ARGS` in this namespace, killed if it outlives [`RUN_TIMEOUT`].
 pub fn run_local(ward: &Path, args: &[String]) -> Result<std::process::Output, LabError> {
-    let child = Command::new(ward)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LabError::io("starting", ward, e))?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(RUN_TIMEOUT) {
-        Ok(output) => output.map_err(|e| LabError::io("waiting for", ward, e)),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            Err(LabError::Command {
-                what: format!("ward {}", args.join(" ")),
-                detail: format!("did not finish within {RUN_TIMEOUT:?}"),
-            })
-        }
-    }
+    Ok(output(Command::new(ward).args(args), RUN_TIMEOUT)?)
 }
 
 /// A long-running lab process. Pod processes end with their testbed; local
@@ -139,10 +110,10 @@ impl Process<'_> {
         }
     }
 
-    pub fn has_exited(&mut self) -> bool {
+    pub fn has_exited(&self) -> bool {
         match self {
             Self::Pod(p) => !matches!(p.status(), Ok(None)),
-            Self::Local(p) => !matches!(p.child.try_wait(), Ok(None)),
+            Self::Local(p) => !matches!(p.child().try_wait(), Ok(None)),
         }
     }
 
@@ -162,39 +133,49 @@ impl Process<'_> {
             Self::Pod(p) => {
                 p.signal(Signal::Kill);
             }
-            Self::Local(p) => {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
+            Self::Local(p) => p.kill(),
         }
     }
 }
 
 pub struct LocalProcess {
-    child: Child,
+    /// Locked only to poll or signal it: waiting for readiness polls it
+    /// through a shared reference.
+    child: Mutex<Child>,
     stderr: PathBuf,
 }
 
 impl LocalProcess {
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn kill(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     fn stop(&mut self, grace: Duration) {
+        let pid = self.child().id();
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
+            if !matches!(self.child().try_wait(), Ok(None)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 impl Drop for LocalProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -54,6 +54,8 @@ pub enum LabError {
     Command { what: String, detail: String },
     #[error("{what} was not ready within {READY_TIMEOUT:?}; its log ends with:\n{log}")]
     NotReady { what: String, log: String },
+    #[error("{what} exited while starting; its log ends with:\n{log}")]
+    Exited { what: String, log: String },
 }
 
 impl LabError {
@@ -166,10 +168,6 @@ impl<'tb> Lab<'tb> {
             lab.wait_ready(i)?;
         }
         Ok(lab)
-    }
-
-    pub fn transparent(&self) -> bool {
-        self.transparent
     }
 
     pub fn members(&self) -> &[Member<'tb>] {
@@ -329,6 +327,7 @@ impl<'tb> Lab<'tb> {
         let process = self.ca_process.insert(process);
         wait_until(
             "the CA",
+            Some(process),
             || Ok(process.stderr().contains("CA serving")),
             || process.stderr(),
         )
@@ -466,6 +465,7 @@ impl<'tb> Lab<'tb> {
         let ready = strings(["demo-app", "request", &self.admin_url(member, "/ready")]);
         wait_until(
             &format!("{}'s sidecar", member.workload.name),
+            member.sidecar.as_ref(),
             || Ok(member.host.run(ward, &ready)?.starts_with("200")),
             logs,
         )?;
@@ -484,6 +484,7 @@ impl<'tb> Lab<'tb> {
         };
         wait_until(
             &format!("{}'s app", member.workload.name),
+            member.app.as_ref(),
             || Ok(answered(&member.host.run(ward, &probe)?)),
             logs,
         )
@@ -543,14 +544,22 @@ fn check(what: &str, output: std::process::Output) -> Result<String, LabError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Polls `ready` every 100 ms until it holds, for at most [`READY_TIMEOUT`].
+/// Polls `ready` every 100 ms until it holds, for at most [`READY_TIMEOUT`];
+/// gives up at once if `process` exits (a port in use, a bad flag).
 fn wait_until(
     what: &str,
+    process: Option<&Process<'_>>,
     mut ready: impl FnMut() -> Result<bool, LabError>,
     log: impl Fn() -> String,
 ) -> Result<(), LabError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while Instant::now() < deadline {
+        if process.is_some_and(Process::has_exited) {
+            return Err(LabError::Exited {
+                what: what.into(),
+                log: log(),
+            });
+        }
         if ready().unwrap_or(false) {
             return Ok(());
         }
@@ -563,13 +572,8 @@ fn wait_until(
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), LabError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-        .map_err(|e| LabError::io("creating", path, e))
+    crate::pods::make_dir(path, mode)?;
+    Ok(crate::pods::set_mode(path, mode)?)
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), LabError> {

@@ -25,7 +25,7 @@ pub(crate) fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion with captured output, killing it after `timeout`.
-pub(crate) fn output(cmd: &mut Command, timeout: Duration) -> Result<Output, PodsError> {
+pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Output, PodsError> {
     let command = describe(cmd);
     let child = cmd
         .stdin(Stdio::null())

@@ -61,6 +61,8 @@ mod testbed;
 pub use availability::{availability, capture_availability};
 pub use capture::Capture;
 pub use error::PodsError;
+pub use host::output;
 pub use netns::PREFIX as NAME_PREFIX;
 pub use process::{DEFAULT_RUN_TIMEOUT, PodCommand, PodProcess, Signal};
 pub use testbed::{BRIDGE_IFACE, POD_IFACE, Pod, Testbed};
+pub(crate) use testbed::{make_dir, set_mode};

@@ -112,19 +112,6 @@ impl Testbed {
         lock(&self.namespaces).clone()
     }
 
-    /// The pods' IPv4 network, `10.77.<n>.0/24`.
-    pub fn ipv4_net(&self) -> (Ipv4Addr, u8) {
-        (Ipv4Addr::new(10, 77, self.subnet, 0), 24)
-    }
-
-    /// The pods' IPv6 network, `fd77:0:0:<n>::/64`.
-    pub fn ipv6_net(&self) -> (Ipv6Addr, u8) {
-        (
-            Ipv6Addr::new(0xfd77, 0, 0, self.subnet.into(), 0, 0, 0, 0),
-            64,
-        )
-    }
-
     fn add_netns(&self, name: &str) -> Result<(), PodsError> {
         let mut namespaces = lock(&self.namespaces);
         netns::add(name)?;
@@ -367,7 +354,7 @@ impl<'tb> Pod<'tb> {
     }
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<(), PodsError> {
+pub(crate) fn make_dir(path: &Path, mode: u32) -> Result<(), PodsError> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -379,7 +366,7 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), PodsError> {
         })
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), PodsError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), PodsError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         PodsError::File {
             what: "setting the mode of",

@@ -13,6 +13,30 @@ pub fn require_capture_or_skip() -> bool {
     decide(ward::pods::capture_availability())
 }
 
+/// Pods with transparent interception (`ward init`, so iptables) and the
+/// unmodified clients the tests run in them (curl, bash, python3).
+pub fn require_transparent_or_skip() -> bool {
+    decide(transparent_availability(ward::pods::availability()))
+}
+
+/// [`require_transparent_or_skip`] with captures.
+pub fn require_transparent_capture_or_skip() -> bool {
+    decide(transparent_availability(ward::pods::capture_availability()))
+}
+
+fn transparent_availability(pods: Result<(), String>) -> Result<(), String> {
+    pods?;
+    ward::intercept::backend::availability()?;
+    for client in ["curl", "bash", "python3"] {
+        if ward::intercept::backend::find_tool(client).is_none() {
+            return Err(format!(
+                "{client} is not installed (the tests' unmodified client)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn decide(availability: Result<(), String>) -> bool {
     match availability {
         Ok(()) => true,
