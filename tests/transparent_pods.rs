@@ -115,6 +115,14 @@ fn unmodified_clients_get_what_the_policy_says() {
     let db_metrics = inbound("db");
     let denied = [("decision", "deny"), ("rule", "web-never-db")];
     assert_eq!(sum(&db_metrics, "ward_authz_decisions_total", &denied), 1.0);
+    let web_id = [
+        ("direction", "inbound"),
+        ("peer", "spiffe://demo.ward/ns/shop/sa/web"),
+    ];
+    assert_eq!(
+        sum(&orders_metrics, "ward_tls_handshakes_total", &web_id),
+        2.0
+    );
     let requests = [
         ("peer", "spiffe://demo.ward/ns/shop/sa/web"),
         ("status_code", "200"),

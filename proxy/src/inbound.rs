@@ -116,6 +116,9 @@ async fn handle(
         return;
     };
     record.peer = peer.to_string();
+    m.handshakes
+        .with_label_values(&[INBOUND, &record.peer])
+        .inc();
     let snapshot = shared.registry.snapshot();
     let authz = Inbound::new(
         peer,

@@ -19,6 +19,7 @@ pub struct ProxyMetrics {
     pub connections_closed: IntCounterVec,
     pub open_connections: IntGaugeVec,
     pub bytes: IntCounterVec,
+    pub handshakes: IntCounterVec,
     pub handshake_errors: IntCounterVec,
     pub connection_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -62,6 +63,11 @@ impl ProxyMetrics {
                 "ward_tcp_bytes_total",
                 "Bytes carried, by direction, peer and flow (sent to / received from the peer).",
                 &["direction", "peer", "flow"],
+            ),
+            handshakes: counter(
+                "ward_tls_handshakes_total",
+                "Mesh TLS handshakes completed, by peer (SPIFFE ID inbound, service outbound).",
+                &["direction", "peer"],
             ),
             handshake_errors: counter(
                 "ward_tls_handshake_errors_total",
@@ -134,6 +140,7 @@ impl ProxyMetrics {
             Box::new(m.connections_closed.clone()),
             Box::new(m.open_connections.clone()),
             Box::new(m.bytes.clone()),
+            Box::new(m.handshakes.clone()),
             Box::new(m.handshake_errors.clone()),
             Box::new(m.connection_errors.clone()),
             Box::new(m.http_requests.clone()),

@@ -204,7 +204,12 @@ async fn connect(
         let handshake = TlsConnector::from(config.clone())
             .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
         return match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => Some(tls),
+            Ok(Ok(tls)) => {
+                m.handshakes
+                    .with_label_values(&[OUTBOUND, &service.name])
+                    .inc();
+                Some(tls)
+            }
             Ok(Err(e)) => {
                 let reason = handshake_failure(&e);
                 m.handshake_errors

@@ -267,29 +267,37 @@ fn print_summary(lab: &Lab<'_>) -> Result<()> {
             .map_or_else(|| "none".to_string(), |s| expires(s.value));
         rows.push((
             member.workload.name,
-            count(sum(
-                &text,
-                "ward_tcp_connections_opened_total",
-                &[("direction", "inbound")],
-            )),
+            format!(
+                "{}/{}",
+                count(sum(
+                    &text,
+                    "ward_tls_handshakes_total",
+                    &[("direction", "inbound")]
+                )),
+                count(sum(
+                    &text,
+                    "ward_tls_handshakes_total",
+                    &[("direction", "outbound")]
+                )),
+            ),
             count(sum(&text, "ward_tls_handshake_errors_total", &[])),
             expiry,
             metrics_url(lab, member),
         ));
     }
     println!(
-        "\ndecisions per rule (all sidecars; HTTP counts once per connection and once per request):"
+        "\ndecisions per rule, all sidecars (an HTTP call is decided twice: its connection, then its request):"
     );
     for ((rule, decision), n) in &decisions {
         println!("  {rule:<20} {decision:<12} {}", count(*n));
     }
     println!("\nsidecars:");
     println!(
-        "  {:<8} {:>8} {:>10}  {:<24} metrics",
-        "workload", "conns in", "TLS errors", "certificate expires"
+        "  {:<8} {:>13} {:>10}  {:<24} metrics",
+        "workload", "mTLS in/out", "TLS errors", "certificate expires"
     );
-    for (name, conns, errors, expiry, url) in rows {
-        println!("  {name:<8} {conns:>8} {errors:>10}  {expiry:<24} {url}");
+    for (name, handshakes, errors, expiry, url) in rows {
+        println!("  {name:<8} {handshakes:>13} {errors:>10}  {expiry:<24} {url}");
     }
     Ok(())
 }
