@@ -366,6 +366,26 @@ fn auto_detection_follows_the_backend_in_use() {
 }
 
 #[test]
+fn uninstall_points_at_chains_left_in_the_other_backend() {
+    let Some(ns) = netns() else { return };
+    assert_ok(&ns.ward_init(&["--ipv6", "off", "--backend", "legacy"]));
+    let out = ns.ward_init(&["--ipv6", "off", "--backend", "nft", "--uninstall"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(
+            "iptables-legacy-save also holds WARD chains; remove them with \
+             `ward init --uninstall --backend legacy`"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        ns.nat("iptables-legacy-save").contains("WARD_OUTPUT"),
+        "left alone"
+    );
+}
+
+#[test]
 fn bad_flags_fail_clearly_and_change_nothing() {
     let Some(ns) = netns() else { return };
     let before = ns.all_nat();

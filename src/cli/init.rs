@@ -180,7 +180,36 @@ pub fn run(args: InitArgs) -> Result<()> {
         }
         done.push(family);
     }
+    if args.uninstall && !dry_run {
+        warn_other_backend(backend, &say);
+    }
     Ok(())
+}
+
+/// `--uninstall` cleans one backend; WARD chains left in the other one (a
+/// past `ward init --backend ...`) would still redirect, so say so.
+fn warn_other_backend(used: Backend, say: &impl Fn(String)) {
+    let other = match used {
+        Backend::Nft => Backend::Legacy,
+        Backend::Legacy => Backend::Nft,
+    };
+    for family in [Family::V4, Family::V6] {
+        if !other.installed(family) {
+            continue;
+        }
+        let Ok(text) = other.read_nat(family) else {
+            continue;
+        };
+        let table = Table::parse_nat(&text);
+        if rules::CHAINS.iter().any(|c| table.has_chain(c)) {
+            say(format!(
+                "ward init: warning: {} also holds WARD chains; remove them with \
+                 `ward init --uninstall --backend {}`",
+                other.tool(family, "save"),
+                other.name()
+            ));
+        }
+    }
 }
 
 /// The address families to program, saying why IPv6 is or is not among them.
