@@ -13,6 +13,7 @@
 //! the demo started (processes, namespaces, files) is removed on exit.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,14 @@ pub struct DemoArgs {
     /// network-namespace pods are available.
     #[arg(long)]
     pub loopback: bool,
+}
+
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`ward demo | head`): the demo then stops and cleans up.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).context("cannot write to stdout")?
+    };
 }
 
 /// Between two rounds of traffic in the live demo.
@@ -77,7 +86,7 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
     let placement = match &why_not_pods {
         None => {
             testbed = Testbed::new()?;
-            println!(
+            say!(
                 "ward demo: pods are network namespaces ({}), traffic intercepted by `ward init`\n",
                 testbed.id()
             );
@@ -85,7 +94,7 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
         }
         Some(reason) => {
             workdir = tempfile::Builder::new().prefix("ward-demo-").tempdir()?;
-            println!(
+            say!(
                 "ward demo: explicit mode on 127.0.0.x (network-namespace pods unavailable: {reason})\n"
             );
             Placement::Loopback(workdir.path().to_path_buf())
@@ -93,7 +102,7 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
     };
     let started = Instant::now();
     let lab = Lab::start(&ward, placement)?;
-    println!(
+    say!(
         "  CA {} and {} sidecars ready in {:.1}s (SVIDs issued over HTTPS with join tokens)\n",
         lab.ca_url(),
         lab.members().len(),
@@ -106,10 +115,10 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
         if !ok {
             bail!("some flows did not behave as the policy says (see above)");
         }
-        println!("\nevery flow behaved as the policy says");
+        say!("\nevery flow behaved as the policy says");
         return Ok(());
     }
-    println!("\nrepeating every {ROUND:?}; Ctrl-C stops and removes everything");
+    say!("\nrepeating every {ROUND:?}; Ctrl-C stops and removes everything");
     while !stop.load(Ordering::SeqCst) {
         let next = Instant::now() + ROUND;
         while Instant::now() < next && !stop.load(Ordering::SeqCst) {
@@ -118,7 +127,7 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        println!("\n--- {} ---", now_utc());
+        say!("\n--- {} ---", now_utc());
         ok &= match drive(&lab, stop) {
             Ok(round) => round,
             Err(_) if stop.load(Ordering::SeqCst) => break,
@@ -126,7 +135,7 @@ fn demo(args: &DemoArgs, stop: &AtomicBool) -> Result<()> {
         };
         print_summary(&lab)?;
     }
-    println!("\nstopping: sidecars, apps, CA and pods are being removed");
+    say!("\nstopping: sidecars, apps, CA and pods are being removed");
     if !ok {
         bail!("some flows did not behave as the policy says");
     }
@@ -146,7 +155,7 @@ fn pods_unavailable() -> Option<String> {
 /// the expected outcome *and* the receiving sidecar counted it under the
 /// expected rule (so a timeout or a crashed app is never taken for a denial).
 fn drive(lab: &Lab<'_>, stop: &AtomicBool) -> Result<bool> {
-    println!("flows (unmodified plaintext clients; the sidecars carry them over mTLS):");
+    say!("flows (unmodified plaintext clients; the sidecars carry them over mTLS):");
     let mut ok = true;
     for flow in &FLOWS {
         interrupted(stop)?;
@@ -168,7 +177,7 @@ fn drive(lab: &Lab<'_>, stop: &AtomicBool) -> Result<bool> {
             rule: flow.rule,
             counted: counted()? > before,
         };
-        ok &= report(flow.describe(), flow.expect, verdict, &evidence, &output);
+        ok &= report(flow.describe(), flow.expect, verdict, &evidence, &output)?;
     }
     if let Some(outsider) = &lab.outsider {
         interrupted(stop)?;
@@ -217,13 +226,13 @@ fn outsider_flow(lab: &Lab<'_>, outsider: &Host<'_>) -> Result<bool> {
         rule: "not_tls",
         counted: refusals()? > before,
     };
-    Ok(report(
+    report(
         format!("outsider (no sidecar) -> {}: plaintext GET", get.to),
         Verdict::Denied,
         verdict,
         &evidence,
         &output,
-    ))
+    )
 }
 
 fn report(
@@ -232,7 +241,7 @@ fn report(
     got: Verdict,
     evidence: &Evidence<'_>,
     output: &str,
-) -> bool {
+) -> Result<bool> {
     let ok = expect == got && evidence.counted;
     let mark = if ok { "ok  " } else { "FAIL" };
     let verdict = match got {
@@ -244,11 +253,11 @@ fn report(
     } else {
         ", NOT counted by the sidecar"
     };
-    println!(
+    say!(
         "  {mark} {what:<50} {verdict} ({}{counted}; client saw: {output})",
         evidence.rule
     );
-    ok
+    Ok(ok)
 }
 
 fn print_summary(lab: &Lab<'_>) -> Result<()> {
@@ -285,19 +294,19 @@ fn print_summary(lab: &Lab<'_>) -> Result<()> {
             metrics_url(lab, member),
         ));
     }
-    println!(
+    say!(
         "\ndecisions per rule, all sidecars (an HTTP call is decided twice: its connection, then its request):"
     );
     for ((rule, decision), n) in &decisions {
-        println!("  {rule:<20} {decision:<12} {}", count(*n));
+        say!("  {rule:<20} {decision:<12} {}", count(*n));
     }
-    println!("\nsidecars:");
-    println!(
+    say!("\nsidecars:");
+    say!(
         "  {:<8} {:>13} {:>10}  {:<24} metrics",
         "workload", "mTLS in/out", "TLS errors", "certificate expires"
     );
     for (name, handshakes, errors, expiry, url) in rows {
-        println!("  {name:<8} {handshakes:>13} {errors:>10}  {expiry:<24} {url}");
+        say!("  {name:<8} {handshakes:>13} {errors:>10}  {expiry:<24} {url}");
     }
     Ok(())
 }
