@@ -14,82 +14,16 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use support::lab::{
+    WARD, app_addr, curl, member, outsider, pod, pod_of, run, run_for, start, stdout,
+};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario;
-use ward::lab::{Host, Lab, Member, PROXY_UID, Placement};
+use ward::lab::{Lab, PROXY_UID};
 use ward::pods::{Pod, PodCommand, Testbed};
-
-const WARD: &str = env!("CARGO_BIN_EXE_ward");
-
-fn start(testbed: &Testbed) -> Lab<'_> {
-    match Lab::start(WARD.as_ref(), Placement::Pods(testbed)) {
-        Ok(lab) => lab,
-        Err(e) => panic!("lab did not start: {e}\n{}", testbed.logs()),
-    }
-}
-
-fn pod<'a>(host: &'a Host<'_>) -> &'a Pod<'a> {
-    match host {
-        Host::Pod(pod) => pod,
-        Host::Loopback(..) => panic!("a pod lab has pods"),
-    }
-}
-
-fn member<'a, 'tb>(lab: &'a Lab<'tb>, name: &str) -> &'a Member<'tb> {
-    lab.member(name).expect("workload in the scenario")
-}
-
-fn pod_of<'a>(lab: &'a Lab<'_>, name: &str) -> &'a Pod<'a> {
-    pod(&member(lab, name).host)
-}
-
-fn outsider<'a>(lab: &'a Lab<'_>) -> &'a Pod<'a> {
-    pod(lab.outsider.as_ref().expect("pod labs have an outsider"))
-}
-
-/// `program args...` in `pod` as root (not the proxy's UID, so intercepted).
-fn run_for(pod: &Pod<'_>, timeout: Duration, program: &str, args: &[&str]) -> Output {
-    let mut cmd = PodCommand::new(program);
-    cmd.args(args).timeout(timeout);
-    pod.run(&cmd).expect("command runs within its timeout")
-}
-
-fn run(pod: &Pod<'_>, program: &str, args: &[&str]) -> Output {
-    run_for(pod, Duration::from_secs(20), program, args)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn app_addr(lab: &Lab<'_>, name: &str) -> SocketAddr {
-    let m = member(lab, name);
-    SocketAddr::new(m.host.ip(), m.workload.app.port().expect("serves"))
-}
-
-/// curl: `-w %{http_code}` after the body; exit status kept for refusals.
-fn curl(pod: &Pod<'_>, method: &str, url: &str) -> (String, Output) {
-    let out = run(
-        pod,
-        "curl",
-        &[
-            "-sS",
-            "-g",
-            "-m",
-            "5",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-            url,
-        ],
-    );
-    (stdout(&out), out)
-}
 
 fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {

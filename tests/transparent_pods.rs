@@ -7,60 +7,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::time::Duration;
 
+use support::lab::{WARD, app_addr, curl, member, pod, run, start, stdout};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario::{FLOWS, Verdict};
-use ward::lab::{Host, Lab, Member, Options, Placement};
+use ward::lab::{Lab, Options, Placement};
 use ward::pods::{Pod, PodCommand, Testbed};
-
-const WARD: &str = env!("CARGO_BIN_EXE_ward");
-
-fn start(testbed: &Testbed) -> Lab<'_> {
-    match Lab::start(WARD.as_ref(), Placement::Pods(testbed)) {
-        Ok(lab) => lab,
-        Err(e) => panic!("lab did not start: {e}\n{}", testbed.logs()),
-    }
-}
-
-fn pod<'a>(host: &'a Host<'_>) -> &'a Pod<'a> {
-    match host {
-        Host::Pod(pod) => pod,
-        Host::Loopback(..) => panic!("a pod lab has pods"),
-    }
-}
-
-fn member<'a, 'tb>(lab: &'a Lab<'tb>, name: &str) -> &'a Member<'tb> {
-    lab.member(name).expect("workload in the scenario")
-}
-
-/// `program args...` in `pod` as root (not the proxy's UID, so intercepted).
-fn run(pod: &Pod<'_>, program: &str, args: &[&str]) -> Output {
-    let mut cmd = PodCommand::new(program);
-    cmd.args(args).timeout(Duration::from_secs(15));
-    pod.run(&cmd).expect("command runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn app_addr(lab: &Lab<'_>, name: &str) -> SocketAddr {
-    let m = member(lab, name);
-    SocketAddr::new(m.host.ip(), m.workload.app.port().expect("serves"))
-}
-
-/// curl: `-w %{http_code}` after the body; exit status kept for refusals.
-fn curl(pod: &Pod<'_>, method: &str, url: &str) -> (String, Output) {
-    let out = run(
-        pod,
-        "curl",
-        &["-sS", "-m", "5", "-X", method, "-w", "\n%{http_code}", url],
-    );
-    (stdout(&out), out)
-}
 
 /// A plain TCP client (bash's /dev/tcp): read the greeting, send a line,
 /// read the echo.

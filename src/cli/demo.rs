@@ -303,7 +303,10 @@ fn print_summary(lab: &Lab<'_>) -> Result<()> {
     say!("\nsidecars:");
     say!(
         "  {:<8} {:>13} {:>10}  {:<24} metrics",
-        "workload", "mTLS in/out", "TLS errors", "certificate expires"
+        "workload",
+        "mTLS in/out",
+        "TLS errors",
+        "certificate expires"
     );
     for (name, handshakes, errors, expiry, url) in rows {
         say!("  {name:<8} {handshakes:>13} {errors:>10}  {expiry:<24} {url}");

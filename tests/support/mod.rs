@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod apps;
+pub mod lab;
 pub mod mesh;
 pub mod pods;
 
