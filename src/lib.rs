@@ -3,6 +3,7 @@
 //! call it directly instead of through a subprocess.
 #![forbid(unsafe_code)]
 
+pub mod inject;
 pub mod intercept;
 pub mod lab;
 pub mod pods;

@@ -50,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         app: cli::demo_app::DemoApp,
     },
+    /// Add ward's sidecar to Kubernetes manifests (file or stdin) and print them.
+    Inject(cli::inject::InjectArgs),
     /// Program this network namespace's iptables to send the pod's TCP through the sidecar (init container; needs NET_ADMIN).
     Init(cli::init::InitArgs),
     /// Check policy files, or explain a decision.
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::DemoApp { app } => cli::demo_app::run(app).await,
             Command::Init(args) => cli::init::run(args),
+            Command::Inject(args) => cli::inject::run(args),
             Command::Proxy(args) => cli::proxy::run(*args).await,
             Command::Policy { command } => cli::policy::run(command),
         }

@@ -4,5 +4,6 @@ pub mod ca;
 pub mod demo;
 pub mod demo_app;
 pub mod init;
+pub mod inject;
 pub mod policy;
 pub mod proxy;

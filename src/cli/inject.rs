@@ -1,0 +1,68 @@
+//! `ward inject`: read Kubernetes manifests from a file or stdin, add ward's
+//! sidecar to every workload, print them. The injection itself is
+//! `ward::inject` (shared with the future admission webhook); this file
+//! reads, writes and reports.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ward::inject::manifests::{self, MAX_INPUT_BYTES};
+use ward::inject::{Config, DEFAULT_AUDIENCE, DEFAULT_CA_URL, DEFAULT_IMAGE, DEFAULT_TRUST_DOMAIN};
+
+#[derive(Args)]
+pub struct InjectArgs {
+    /// The manifests (YAML, several documents allowed); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub file: PathBuf,
+    /// The image both injected containers run.
+    #[arg(long, env = "WARD_INJECT_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    /// Trust domain of the identities: spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>.
+    #[arg(long, env = "WARD_INJECT_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The URL the proxies reach ward's CA at.
+    #[arg(long, env = "WARD_INJECT_CA_URL", default_value = DEFAULT_CA_URL)]
+    pub ca_url: String,
+    /// Audience of the projected ServiceAccount token the proxy presents to the CA.
+    #[arg(long, env = "WARD_INJECT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+}
+
+pub fn run(args: InjectArgs) -> Result<()> {
+    let config = Config::new(
+        &args.image,
+        &args.trust_domain,
+        &args.ca_url,
+        &args.audience,
+    )?;
+    let stdin = args.file.as_os_str() == "-";
+    let source = if stdin {
+        "stdin".to_string()
+    } else {
+        args.file.display().to_string()
+    };
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_INPUT_BYTES + 1).unwrap_or(u64::MAX);
+    let read = if stdin {
+        std::io::stdin().lock().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(&args.file).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("cannot read {source}"))?;
+    if bytes.len() > MAX_INPUT_BYTES {
+        bail!("{source} is larger than {MAX_INPUT_BYTES} bytes; split it");
+    }
+    let text = String::from_utf8(bytes).with_context(|| format!("{source} is not UTF-8"))?;
+    let injected = manifests::inject_manifests(&config, &text).with_context(|| source.clone())?;
+    for note in &injected.notes {
+        let level = if note.warning { "warning: " } else { "" };
+        eprintln!(
+            "ward inject: {level}{source}: {}: {}: {}",
+            note.place, note.object, note.message
+        );
+    }
+    print!("{}", injected.yaml);
+    Ok(())
+}

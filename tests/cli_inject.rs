@@ -1,0 +1,238 @@
+//! `ward inject` as an operator runs it: on the sample manifests in
+//! tests/data/inject/, from a file and from stdin, twice in a row, and on
+//! broken input. Optionally checks the output against the Kubernetes
+//! schemas with `kubernetes-validate` when it is installed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/inject")
+        .join(name)
+}
+
+fn ward(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ward");
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("write stdin");
+    drop(pipe);
+    child.wait_with_output().expect("wait for ward")
+}
+
+fn inject_file(name: &str) -> (String, String) {
+    let path = sample(name);
+    let out = ward(&["inject", "-f", path.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ward inject {name} failed: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple(yaml).expect("ward inject printed valid YAML")
+}
+
+fn init_names(pod_spec: &Value) -> Vec<&str> {
+    pod_spec["initContainers"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_deployment_gets_the_sidecar_before_its_own_init_containers() {
+    let (yaml, stderr) = inject_file("deployment.yaml");
+    let docs = documents(&yaml);
+    assert_eq!(docs.len(), 1);
+    let spec = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(
+        init_names(spec),
+        ["ward-init", "ward-proxy", "wait-for-orders"]
+    );
+    assert_eq!(spec["initContainers"][1]["restartPolicy"], "Always");
+    assert_eq!(
+        spec["initContainers"][1]["resources"]["limits"]["memory"],
+        "512Mi"
+    );
+    assert_eq!(spec["volumes"][0]["configMap"]["defaultMode"], 0o644);
+    assert!(
+        stderr.contains("document 1 (line 2): Deployment shop/web: injected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_cronjob_is_injected_in_its_job_template() {
+    let (yaml, _) = inject_file("cronjob.yaml");
+    let docs = documents(&yaml);
+    let pod = &docs[0]["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(init_names(&pod["spec"]), ["ward-init", "ward-proxy"]);
+    let args = pod["spec"]["initContainers"][0]["args"].as_array().unwrap();
+    let tail: Vec<&str> = args[args.len() - 2..]
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(tail, ["--exclude-outbound-ports", "5432"]);
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        "15020"
+    );
+}
+
+#[test]
+fn a_list_has_its_workloads_injected_and_the_rest_kept() {
+    let (yaml, _) = inject_file("list.yaml");
+    let docs = documents(&yaml);
+    let items = docs[0]["items"].as_array().unwrap();
+    assert_eq!(
+        init_names(&items[0]["spec"]["template"]["spec"]),
+        ["ward-init", "ward-proxy"]
+    );
+    let input = documents(&std::fs::read_to_string(sample("list.yaml")).unwrap());
+    assert_eq!(items[1], input[0]["items"][1]);
+}
+
+#[test]
+fn a_multi_document_stream_keeps_order_skips_and_warns() {
+    let (yaml, stderr) = inject_file("multi.yaml");
+    let docs = documents(&yaml);
+    let input = documents(&std::fs::read_to_string(sample("multi.yaml")).unwrap());
+    assert_eq!(docs.len(), 5);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "DaemonSet",
+            "Dashboard",
+            "Deployment",
+            "Job"
+        ]
+    );
+    // hostNetwork, an unknown kind, an opt-out: untouched.
+    for i in [0, 1, 2, 4] {
+        assert_eq!(docs[i], input[i], "document {}", i + 1);
+    }
+    assert_eq!(docs[2]["spec"]["enabled"], "yes");
+    assert_eq!(
+        init_names(&docs[3]["spec"]["template"]["spec"]),
+        ["ward-init", "ward-proxy"]
+    );
+    assert!(
+        stderr.contains(
+            "multi.yaml: document 2 (line 8): DaemonSet monitoring/node-agent: \
+             skipped: hostNetwork: true"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ward inject: warning: "), "{stderr}");
+    assert!(
+        stderr.contains("Job shop/migrate: skipped: opted out"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inject_then_inject_again_is_the_same() {
+    for name in ["deployment.yaml", "cronjob.yaml", "list.yaml", "multi.yaml"] {
+        let (once, _) = inject_file(name);
+        let out = ward(&["inject", "-f", "-"], Some(&once));
+        assert!(out.status.success(), "{name}");
+        let twice = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(twice, once, "{name}: a second injection changed the output");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("already injected; unchanged"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn stdin_works_like_a_file() {
+    let (from_file, _) = inject_file("deployment.yaml");
+    let text = std::fs::read_to_string(sample("deployment.yaml")).unwrap();
+    let out = ward(&["inject", "-f", "-"], Some(&text));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), from_file);
+    let out = ward(&["inject"], Some(&text));
+    assert!(out.status.success(), "stdin is the default");
+}
+
+#[test]
+fn broken_input_fails_with_the_document_and_position() {
+    let broken = "apiVersion: v1\nkind: Service\n---\napiVersion: apps/v1\nkind: Deployment\nspec: [a, b\nx: 1\n";
+    let out = ward(&["inject", "-f", "-"], Some(broken));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing is printed on error");
+    assert!(
+        stderr.starts_with("error: stdin: document 2, line 7, column 2: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let bad_annotation = std::fs::read_to_string(sample("cronjob.yaml"))
+        .unwrap()
+        .replace("\"5432\"", "\"5432,postgres\"");
+    let out = ward(&["inject"], Some(&bad_annotation));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "document 1 (line 1): CronJob shop/report: annotation \
+             ward.dev/exclude-outbound-ports: \"5432,postgres\": \"postgres\" is not a port"
+        ),
+        "{stderr}"
+    );
+
+    let out = ward(&["inject", "-f", "/nonexistent/ward.yaml"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/ward.yaml"),
+        "{stderr}"
+    );
+    let out = ward(&["inject", "--trust-domain", "Not Valid"], Some(""));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-domain"));
+}
+
+/// Schema validation with `kubernetes-validate` (pip install
+/// kubernetes-validate), when installed; otherwise says why it skipped.
+#[test]
+fn output_matches_the_kubernetes_schemas_when_a_validator_is_installed() {
+    let tool = std::env::var("WARD_KUBERNETES_VALIDATE")
+        .unwrap_or_else(|_| "kubernetes-validate".to_string());
+    let probe = Command::new(&tool).arg("--version").output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "skipping: {tool} is not installed (pip install kubernetes-validate, \
+             or point WARD_KUBERNETES_VALIDATE at it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["deployment.yaml", "cronjob.yaml", "list.yaml", "multi.yaml"] {
+        let (yaml, _) = inject_file(name);
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        // --strict refuses unknown fields; kinds without a schema (the
+        // CRD in multi.yaml, List) are a warning, not a failure.
+        let out = Command::new(&tool)
+            .args(["--strict", "--kubernetes-version", "1.33.0", "--quiet"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}:\n{report}");
+    }
+}
