@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod adversary;
 pub mod apps;
 pub mod lab;
 pub mod mesh;
