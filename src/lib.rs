@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod inject;
+pub mod injector;
 pub mod intercept;
 pub mod lab;
 pub mod pods;

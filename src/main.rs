@@ -52,6 +52,8 @@ enum Command {
     },
     /// Add ward's sidecar to Kubernetes manifests (file or stdin) and print them.
     Inject(cli::inject::InjectArgs),
+    /// Serve the Kubernetes mutating admission webhook that injects ward's sidecar.
+    Injector(cli::injector::InjectorArgs),
     /// Program this network namespace's iptables to send the pod's TCP through the sidecar (init container; needs NET_ADMIN).
     Init(cli::init::InitArgs),
     /// Check policy files, or explain a decision.
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::DemoApp { app } => cli::demo_app::run(app).await,
             Command::Init(args) => cli::init::run(args),
             Command::Inject(args) => cli::inject::run(args),
+            Command::Injector(args) => cli::injector::run(args).await,
             Command::Proxy(args) => cli::proxy::run(*args).await,
             Command::Policy { command } => cli::policy::run(command),
         }

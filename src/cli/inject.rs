@@ -1,6 +1,6 @@
 //! `ward inject`: read Kubernetes manifests from a file or stdin, add ward's
 //! sidecar to every workload, print them. The injection itself is
-//! `ward::inject` (shared with the future admission webhook); this file
+//! `ward::inject` (shared with the admission webhook, `ward injector`); this file
 //! reads, writes and reports.
 
 use std::io::Read;
@@ -16,6 +16,14 @@ pub struct InjectArgs {
     /// The manifests (YAML, several documents allowed); `-` reads stdin.
     #[arg(short = 'f', long = "filename", default_value = "-")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// What the injected containers are told; shared by `ward inject` and
+/// `ward injector` so both inject the same way from the same flags.
+#[derive(Args)]
+pub struct SettingsArgs {
     /// The image both injected containers run.
     #[arg(long, env = "WARD_INJECT_IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
@@ -30,13 +38,20 @@ pub struct InjectArgs {
     pub audience: String,
 }
 
+impl SettingsArgs {
+    /// The checked injection settings.
+    pub fn config(&self) -> Result<Config> {
+        Ok(Config::new(
+            &self.image,
+            &self.trust_domain,
+            &self.ca_url,
+            &self.audience,
+        )?)
+    }
+}
+
 pub fn run(args: InjectArgs) -> Result<()> {
-    let config = Config::new(
-        &args.image,
-        &args.trust_domain,
-        &args.ca_url,
-        &args.audience,
-    )?;
+    let config = args.settings.config()?;
     let stdin = args.file.as_os_str() == "-";
     let source = if stdin {
         "stdin".to_string()

@@ -5,5 +5,6 @@ pub mod demo;
 pub mod demo_app;
 pub mod init;
 pub mod inject;
+pub mod injector;
 pub mod policy;
 pub mod proxy;

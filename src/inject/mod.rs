@@ -4,10 +4,11 @@
 //!
 //! [`inject`] works on one object as `serde_json::Value` and is pure (no
 //! files, no clock, no cluster), so that `ward inject` (YAML files, see
-//! [`manifests`]) and a future admission webhook (AdmissionReview in,
-//! JSONPatch out) share one code path. Injection is idempotent: an object
-//! that already carries ward's sidecar is rebuilt from the same settings
-//! and so comes out equal to its input ([`Outcome::Unchanged`]).
+//! [`manifests`]) and the admission webhook (`crate::injector`:
+//! AdmissionReview in, JSONPatch out) share one code path. Injection is
+//! idempotent: an object that already carries ward's sidecar is rebuilt
+//! from the same settings and so comes out equal to its input
+//! ([`Outcome::Unchanged`]).
 
 mod annotations;
 mod config;

@@ -1,0 +1,15 @@
+//! `ward injector`: the Kubernetes mutating admission webhook that adds
+//! ward's sidecar to Pods as they are created. It calls the same
+//! `ward::inject::inject` as `ward inject` on the Pod in the
+//! AdmissionReview ([`review()`]), turns the difference into a JSON Patch
+//! ([`patch`]) and serves that over HTTPS ([`server`]).
+
+pub mod patch;
+pub mod review;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
+
+pub use review::{Decision, ReviewError, review};
+pub use server::{InjectorServer, Limits, MUTATE_PATH, ServeError};

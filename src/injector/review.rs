@@ -1,0 +1,150 @@
+//! One `admission.k8s.io/v1` AdmissionReview in, its answer out: the
+//! webhook's whole decision, kept free of HTTP so it can be tested on
+//! documents alone.
+//!
+//! | the request                                  | the answer                                        |
+//! |----------------------------------------------|---------------------------------------------------|
+//! | a Pod CREATE that `ward::inject` changes     | `allowed`, `patchType: JSONPatch`, `patch`        |
+//! | already injected, opted out, not a Pod, not a CREATE, a subresource | `allowed`, no patch    |
+//! | `hostNetwork: true`                          | `allowed`, no patch, a `warnings` entry           |
+//! | a Pod ward cannot inject (bad annotation...) | `allowed: false`, `status: {code: 400, message}`  |
+//! | not an AdmissionReview v1 with a `request.uid` | [`ReviewError`] (the server answers HTTP 400)   |
+//!
+//! Refusing a Pod ward cannot inject, rather than letting it through bare,
+//! matches `ward inject` (which fails on the same manifest) and holds
+//! whatever the webhook's `failurePolicy`: the operator sees the message in
+//! `kubectl` instead of finding a pod without its sidecar later.
+//!
+//! Only a core `v1` Pod's CREATE without a subresource is mutated: the
+//! containers of an existing Pod cannot be changed, `pods/ephemeralcontainers`
+//! or `pods/binding` requests are not the Pod's creation, and a Deployment
+//! (say) sent by a too-wide webhook rule is left alone because its Pods
+//! will be injected when they are created; changing templates would also
+//! make every `kubectl apply` or GitOps sync see a diff.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::patch;
+use crate::inject::{self, Config, Outcome};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+/// Why a body is not an AdmissionReview this webhook can answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReviewError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("apiVersion must be {API_VERSION} (got {0})")]
+    ApiVersion(String),
+    #[error("kind must be {KIND} (got {0})")]
+    Kind(String),
+    #[error("request is missing or not a map")]
+    NoRequest,
+    #[error("request.uid is missing or not a non-empty string")]
+    NoUid,
+}
+
+/// What the webhook decided, for its log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub uid: String,
+    /// `Pod shop/web-7d9f-*`: what was admitted, for messages and logs.
+    pub object: String,
+    pub result: String,
+}
+
+/// Answers one AdmissionReview (the request body, as sent by the API server).
+pub fn review(config: &Config, body: &[u8]) -> Result<(Value, Decision), ReviewError> {
+    let document: Value =
+        serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if document.get("apiVersion").and_then(Value::as_str) != Some(API_VERSION) {
+        return Err(ReviewError::ApiVersion(text(&document["apiVersion"])));
+    }
+    if document.get("kind").and_then(Value::as_str) != Some(KIND) {
+        return Err(ReviewError::Kind(text(&document["kind"])));
+    }
+    let Some(request) = document.get("request").filter(|r| r.is_object()) else {
+        return Err(ReviewError::NoRequest);
+    };
+    let uid = match request.get("uid").and_then(Value::as_str) {
+        Some(uid) if !uid.is_empty() => uid.to_string(),
+        _ => return Err(ReviewError::NoUid),
+    };
+    let object = request.get("object").unwrap_or(&Value::Null);
+    let described = describe(object, request.get("namespace").and_then(Value::as_str));
+    let mut response = json!({"uid": uid, "allowed": true});
+    let is_pod = object.get("kind").and_then(Value::as_str) == Some("Pod")
+        && object.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    let creates = request.get("operation").and_then(Value::as_str) == Some("CREATE")
+        && request
+            .get("subResource")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+    let result = if !is_pod {
+        "not a Pod; admitted unchanged".to_string()
+    } else if !creates {
+        "not a creation; admitted unchanged".to_string()
+    } else {
+        match inject::inject(config, object) {
+            Ok(Outcome::Injected {
+                object: injected,
+                warnings,
+            }) => {
+                let ops = Value::Array(patch::diff(object, &injected));
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(ops.to_string().as_bytes());
+                response["patchType"] = json!("JSONPatch");
+                response["patch"] = json!(encoded);
+                if !warnings.is_empty() {
+                    response["warnings"] = json!(
+                        warnings
+                            .iter()
+                            .map(|w| format!("ward: {w}"))
+                            .collect::<Vec<_>>()
+                    );
+                }
+                "injected".to_string()
+            }
+            Ok(Outcome::Unchanged) => "already injected; unchanged".to_string(),
+            Ok(Outcome::Skipped(reason)) => {
+                if reason.is_warning() {
+                    response["warnings"] = json!([format!("ward: {described}: {reason}")]);
+                }
+                format!("skipped: {reason}")
+            }
+            Err(e) => {
+                let message = format!("ward: {described}: {e}");
+                response["allowed"] = json!(false);
+                response["status"] = json!({"code": 400, "message": message});
+                format!("refused: {e}")
+            }
+        }
+    };
+    let answer = json!({"apiVersion": API_VERSION, "kind": KIND, "response": response});
+    let decision = Decision {
+        uid,
+        object: described,
+        result,
+    };
+    Ok((answer, decision))
+}
+
+/// `Pod shop/web`, from the object's kind and name (or `generateName*`,
+/// which is all a ReplicaSet's Pod has at admission) and its namespace, or
+/// the request's when the object names none.
+fn describe(object: &Value, request_namespace: Option<&str>) -> String {
+    let field = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+    let kind = field("/kind").unwrap_or("object");
+    let name = match (field("/metadata/name"), field("/metadata/generateName")) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(prefix)) => format!("{prefix}*"),
+        (None, None) => "(unnamed)".to_string(),
+    };
+    match field("/metadata/namespace").or(request_namespace) {
+        Some(namespace) => format!("{kind} {namespace}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
