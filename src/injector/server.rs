@@ -125,7 +125,7 @@ impl InjectorServer {
             .await
             .map_err(|e| ServeError::Bind(listen, e))?;
         let routes = Arc::new(Routes {
-            config,
+            config: Arc::new(config),
             max_body: limits.max_body,
             request_timeout: limits.request_timeout,
         });
@@ -207,7 +207,7 @@ impl InjectorServer {
 }
 
 struct Routes {
-    config: Config,
+    config: Arc<Config>,
     max_body: usize,
     request_timeout: Duration,
 }
@@ -241,7 +241,16 @@ impl Routes {
                 return resp;
             }
         };
-        match review::review(&self.config, &body) {
+        // Parsing and injecting up to max_body of JSON is CPU work: off the
+        // async workers, so one large review does not stall the others'
+        // timers and the accept loop.
+        let config = self.config.clone();
+        let reviewed = tokio::task::spawn_blocking(move || review::review(&config, &body)).await;
+        let Ok(reviewed) = reviewed else {
+            tracing::error!("an admission review task failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        match reviewed {
             Ok((answer, decision)) => {
                 tracing::info!(
                     uid = %decision.uid,
