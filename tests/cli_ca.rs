@@ -252,6 +252,17 @@ impl Drop for Server {
 /// Starts `ward ca serve` on an ephemeral port and returns it with its URL,
 /// read from the JSON log line announcing the listener.
 fn serve(dir: &str, pass: &str, audit: &str) -> (Server, String) {
+    serve_with(dir, pass, audit, &[], &[])
+}
+
+/// As [`serve`], with more flags and environment.
+fn serve_with(
+    dir: &str,
+    pass: &str,
+    audit: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, String) {
     let mut child = ward(&[
         "--log-format",
         "json",
@@ -266,6 +277,8 @@ fn serve(dir: &str, pass: &str, audit: &str) -> (Server, String) {
         "--audit-log",
         audit,
     ])
+    .args(flags)
+    .envs(env.iter().copied())
     .stderr(Stdio::piped())
     .spawn()
     .expect("spawn serve");
@@ -367,4 +380,86 @@ async fn serve_issues_svids_to_token_holders_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// `--authenticator kubernetes`: the CA asks the API server named by
+/// KUBECONFIG (a local stand-in answering recorded TokenReviews) and issues
+/// the ServiceAccount's SPIFFE ID; join tokens are then refused.
+#[tokio::test]
+async fn serve_with_the_kubernetes_authenticator_issues_to_service_accounts() {
+    use support::kube_api::{Answer, FakeKubeApi, jwt};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, pass) = init_ca(tmp.path());
+    let api = FakeKubeApi::start().await;
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let token = jwt("web");
+    api.answer(&token, Answer::Recorded(201, "authenticated"));
+
+    let audit = tmp.path().join("audit.log").display().to_string();
+    let home = tmp.path().display().to_string();
+    let (_server, url) = serve_with(
+        &dir,
+        &pass,
+        &audit,
+        &["--authenticator", "kubernetes", "--token-audience", "ward"],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("HOME", &home),
+        ],
+    );
+    let bundle = std::fs::read_to_string(Path::new(&dir).join("trust-bundle.pem")).unwrap();
+    let client = CaClient::new(&url, &bundle).unwrap();
+
+    let id = SpiffeId::parse("spiffe://cli.test/ns/shop/sa/web").unwrap();
+    let (key, csr) = new_key_and_csr(&id).unwrap();
+    let chain = client.request_svid(&token, &csr).await.expect("issued");
+    assert_eq!(Svid::install(&key, &chain, &id).unwrap().id, id);
+    assert_eq!(api.seen()[0].body["spec"]["audiences"][0], "ward");
+
+    let out = run(ward(&[
+        "ca",
+        "token",
+        "--dir",
+        &dir,
+        "--identity",
+        id.as_str(),
+        "--passphrase-file",
+        &pass,
+    ]));
+    let join_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    match client.request_svid(&join_token, &csr).await {
+        Err(CaClientError::Refused { status, reason, .. }) => {
+            assert_eq!(status.as_u16(), 401);
+            assert_eq!(reason, "authenticator_disabled");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(api.seen().len(), 1, "the join token never reached the API");
+}
+
+#[test]
+fn the_kubernetes_authenticator_without_an_api_server_fails_at_start_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, pass) = init_ca(tmp.path());
+    let out = run(ward(&[
+        "ca",
+        "serve",
+        "--dir",
+        &dir,
+        "--passphrase-file",
+        &pass,
+        "--listen",
+        "127.0.0.1:0",
+        "--authenticator",
+        "kubernetes",
+    ])
+    .env_remove("KUBECONFIG")
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .env_remove("KUBERNETES_SERVICE_PORT")
+    .env("HOME", tmp.path()));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("set KUBECONFIG"), "{}", stderr(&out));
+    assert_no_panic(&out);
 }

@@ -1,7 +1,7 @@
 //! Who may ask for which identity. A bearer credential goes in, an
 //! authenticated SPIFFE ID comes out; the CA then issues that ID and nothing
-//! else. Join tokens implement this now; the Kubernetes ServiceAccount-token
-//! authenticator (TokenReview) will sit behind the same trait.
+//! else. Two implementations: join tokens (`token`) and Kubernetes
+//! ServiceAccount tokens (`kubernetes`); [`ByForm`] lets one CA take both.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +32,19 @@ pub enum AuthError {
     WrongTrustDomain(String),
     #[error("the token names an invalid identity: {0}")]
     InvalidIdentity(String),
+    #[error("the Kubernetes API did not authenticate the token: {0}")]
+    Unauthenticated(String),
+    #[error(
+        "the token is not for audience {expected:?} ({}): mount a projected ServiceAccount token with audience {expected:?}",
+        audiences(.got)
+    )]
+    WrongAudience { expected: String, got: Vec<String> },
+    #[error("the token belongs to {0:?}, not to a ServiceAccount")]
+    NotServiceAccount(String),
+    #[error("{0} are not accepted by this CA (see --authenticator)")]
+    Disabled(&'static str),
+    #[error("the token cannot be checked right now, retry later: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -44,7 +57,21 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::WrongTrustDomain(_) => "wrong_trust_domain",
             AuthError::InvalidIdentity(_) => "invalid_token_identity",
+            AuthError::Unauthenticated(_) => "token_unauthenticated",
+            AuthError::WrongAudience { .. } => "wrong_audience",
+            AuthError::NotServiceAccount(_) => "not_a_service_account",
+            AuthError::Disabled(_) => "authenticator_disabled",
+            AuthError::Unavailable(_) => "authenticator_unavailable",
         }
+    }
+}
+
+/// The audiences a token was found valid for, in words.
+fn audiences(got: &[String]) -> String {
+    if got.is_empty() {
+        "it is for the Kubernetes API itself".to_string()
+    } else {
+        format!("it is valid for {got:?}")
     }
 }
 
@@ -54,4 +81,26 @@ pub type AuthFuture<'a> =
 /// Turns a bearer credential into the identity its holder may receive.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a>;
+}
+
+/// Picks the checker by the credential's form: `ward1.` is a join token,
+/// anything else a Kubernetes ServiceAccount token. A kind left `None` is
+/// refused, so a CA deployed for pods alone takes no join tokens.
+pub struct ByForm {
+    pub join_tokens: Option<Box<dyn Authenticator>>,
+    pub kubernetes: Option<Box<dyn Authenticator>>,
+}
+
+impl Authenticator for ByForm {
+    fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a> {
+        let (checker, kind) = if bearer.starts_with(crate::token::PREFIX_DOT) {
+            (&self.join_tokens, "join tokens")
+        } else {
+            (&self.kubernetes, "Kubernetes ServiceAccount tokens")
+        };
+        match checker {
+            Some(checker) => checker.authenticate(bearer),
+            None => Box::pin(async move { Err(AuthError::Disabled(kind)) }),
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod authority;
 pub mod bundle;
 pub mod csr;
 pub mod keys;
+pub mod kubernetes;
 pub mod metrics;
 pub mod server;
 pub mod service;

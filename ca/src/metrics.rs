@@ -17,6 +17,9 @@ pub struct CaMetrics {
     pub handshake_errors: IntCounter,
     pub connections_refused: IntCounter,
     pub connection_timeouts: IntCounter,
+    /// TokenReviews by `result` (see `kubernetes::ReviewResult`).
+    pub token_reviews: IntCounterVec,
+    pub token_review_seconds: Histogram,
     intermediate_expiry: Gauge,
 }
 
@@ -63,6 +66,24 @@ impl CaMetrics {
             "Connections closed because no request (or no complete request header) arrived in time.",
         )
         .expect("valid metric");
+        let token_reviews = IntCounterVec::new(
+            Opts::new(
+                "ward_ca_token_reviews_total",
+                "Kubernetes TokenReviews of ServiceAccount tokens, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let token_review_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ward_ca_token_review_duration_seconds",
+                "Time the Kubernetes API took to answer a TokenReview (or to fail).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         let intermediate_expiry = Gauge::new(
             "ward_ca_intermediate_expiry_seconds",
             "Seconds until the signing (intermediate) CA certificate expires.",
@@ -76,6 +97,8 @@ impl CaMetrics {
             Box::new(handshake_errors.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connection_timeouts.clone()),
+            Box::new(token_reviews.clone()),
+            Box::new(token_review_seconds.clone()),
             Box::new(intermediate_expiry.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -89,6 +112,8 @@ impl CaMetrics {
             handshake_errors,
             connections_refused,
             connection_timeouts,
+            token_reviews,
+            token_review_seconds,
             intermediate_expiry,
         }
     }

@@ -72,6 +72,7 @@ impl DenyReason {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            DenyReason::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             DenyReason::MissingAuthorization
             | DenyReason::MalformedAuthorization
             | DenyReason::Auth(_) => StatusCode::UNAUTHORIZED,

@@ -22,6 +22,8 @@ use crate::auth::{AuthError, AuthFuture, Authenticated, Authenticator};
 use crate::authority::{Authority, hex};
 
 const PREFIX: &str = "ward1";
+/// How every join token starts, telling it apart from other bearer credentials.
+pub const PREFIX_DOT: &str = "ward1.";
 const SIGNING_CONTEXT: &[u8] = b"ward-join-token-v1\0";
 /// Longer inputs are refused before any parsing or crypto.
 pub const MAX_TOKEN_LEN: usize = 4096;

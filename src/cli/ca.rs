@@ -10,7 +10,10 @@ use clap::{Args, Subcommand};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use ward_ca::audit::AuditLog;
+use ward_ca::auth::{Authenticator, ByForm};
+use ward_ca::authority::Authority;
 use ward_ca::keys::Passphrase;
+use ward_ca::kubernetes::{ReviewSettings, TokenReviewer};
 use ward_ca::metrics::CaMetrics;
 use ward_ca::server::{CaServer, Limits};
 use ward_ca::service::SvidService;
@@ -117,6 +120,20 @@ pub struct ServeArgs {
     /// Also write audit lines to stdout.
     #[arg(long, env = "WARD_CA_AUDIT_STDOUT")]
     pub audit_stdout: bool,
+    /// Credentials accepted: join tokens (`ward ca token`), Kubernetes
+    /// ServiceAccount tokens checked with the TokenReview API, or both.
+    #[arg(long, env = "WARD_CA_AUTHENTICATOR", value_enum, value_delimiter = ',', default_values = ["join-token"])]
+    pub authenticator: Vec<AuthenticatorKind>,
+    /// The audience ServiceAccount tokens must be minted for (the injected
+    /// pods' projected token uses `ward`).
+    #[arg(long, env = "WARD_CA_TOKEN_AUDIENCE", default_value = "ward")]
+    pub token_audience: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthenticatorKind {
+    JoinToken,
+    Kubernetes,
 }
 
 #[derive(Args)]
@@ -200,11 +217,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let audit = AuditLog::open(args.audit_log.as_deref(), args.audit_stdout)
         .with_context(|| format!("cannot open the audit log {:?}", args.audit_log))?;
+    let metrics = CaMetrics::new();
+    let authenticator = authenticator(&args, &authority, &metrics).await?;
     let service = Arc::new(SvidService {
-        authenticator: Arc::new(JoinTokens::new(&authority)),
+        authenticator,
         authority: Arc::new(authority),
         audit,
-        metrics: CaMetrics::new(),
+        metrics,
         svid_ttl,
     });
     let td = service.authority.trust_domain().clone();
@@ -213,6 +232,44 @@ async fn serve(args: ServeArgs) -> Result<()> {
     server.run(shutdown_signal()).await;
     tracing::info!("CA stopped");
     Ok(())
+}
+
+/// The enabled checkers behind one `ByForm`: the credential's form picks.
+async fn authenticator(
+    args: &ServeArgs,
+    authority: &Authority,
+    metrics: &CaMetrics,
+) -> Result<Arc<dyn Authenticator>> {
+    let join_tokens = args
+        .authenticator
+        .contains(&AuthenticatorKind::JoinToken)
+        .then(|| Box::new(JoinTokens::new(authority)) as Box<dyn Authenticator>);
+    let kubernetes = if args.authenticator.contains(&AuthenticatorKind::Kubernetes) {
+        let audience = args.token_audience.trim();
+        if audience.is_empty() || audience.len() > 253 {
+            bail!("--token-audience must be 1-253 characters, e.g. ward");
+        }
+        let config = kube::Config::infer().await.context(
+            "--authenticator kubernetes needs the Kubernetes API: run in a pod (its ServiceAccount) \
+             or set KUBECONFIG",
+        )?;
+        tracing::info!(api = %config.cluster_url, audience, "checking ServiceAccount tokens with TokenReview");
+        let client =
+            kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+        let reviewer = TokenReviewer::new(
+            client,
+            ReviewSettings::new(audience),
+            authority.trust_domain().clone(),
+            metrics,
+        );
+        Some(Box::new(reviewer) as Box<dyn Authenticator>)
+    } else {
+        None
+    };
+    Ok(Arc::new(ByForm {
+        join_tokens,
+        kubernetes,
+    }))
 }
 
 fn bundle(args: BundleArgs) -> Result<()> {

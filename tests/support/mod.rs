@@ -3,6 +3,8 @@
 
 pub mod adversary;
 pub mod apps;
+#[path = "../../ca/tests/support/kube_api.rs"]
+pub mod kube_api;
 pub mod lab;
 pub mod mesh;
 pub mod pods;

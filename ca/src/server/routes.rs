@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -22,6 +24,10 @@ use time::OffsetDateTime;
 
 use crate::service::{Denial, DenyReason, SvidService};
 use crate::store::CaDir;
+
+/// `Retry-After` on a 503: long enough for a restarting API server, short
+/// enough that a pod waiting for its first SVID starts promptly.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// How long a proxy should wait between bundle refreshes.
 const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
@@ -160,6 +166,13 @@ fn denial_response(denial: &Denial) -> Resp {
     if denial.reason.status() == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
             .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    }
+    if denial.reason.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // A passing condition (API server, audit disk): tell clients when to come back.
+        resp.headers_mut().insert(
+            RETRY_AFTER,
+            http::HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
     }
     if matches!(
         denial.reason,

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube_api;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use ward_ca::audit::AuditLog;
+use ward_ca::auth::Authenticator;
 use ward_ca::authority::Authority;
 use ward_ca::keys::Passphrase;
 use ward_ca::metrics::CaMetrics;
@@ -290,16 +293,30 @@ impl TestServer {
     /// As [`Self::start_with`], auditing to `audit_path` instead of
     /// `<ca dir>/audit.log` when given.
     pub async fn start_full(limits: Limits, audit_path: Option<PathBuf>) -> Self {
+        Self::start_authenticated(limits, audit_path, |authority, _| {
+            Arc::new(JoinTokens::new(authority))
+        })
+        .await
+    }
+
+    /// As [`Self::start_full`], with the authenticator `make` builds from
+    /// the CA's authority and metrics.
+    pub async fn start_authenticated(
+        limits: Limits,
+        audit_path: Option<PathBuf>,
+        make: impl FnOnce(&Authority, &CaMetrics) -> Arc<dyn Authenticator>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca, authority) = new_ca(dir.path(), TD);
-        let authenticator = JoinTokens::new(&authority);
+        let metrics = CaMetrics::new();
+        let authenticator = make(&authority, &metrics);
         let authority = Arc::new(authority);
         let audit_path = audit_path.unwrap_or_else(|| dir.path().join("audit.log"));
         let service = SvidService {
             authority: authority.clone(),
-            authenticator: Arc::new(authenticator),
+            authenticator,
             audit: AuditLog::open(Some(&audit_path), false).unwrap(),
-            metrics: CaMetrics::new(),
+            metrics,
             svid_ttl: SVID_TTL,
         };
         let server = CaServer::bind(

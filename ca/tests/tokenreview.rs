@@ -1,0 +1,351 @@
+//! The CA with the Kubernetes authenticator, end to end over real HTTPS:
+//! a proxy's request carries a ServiceAccount token, the CA asks a
+//! TokenReview endpoint (a local stand-in answering with recorded API-server
+//! responses) and issues exactly `spiffe://<td>/ns/<ns>/sa/<sa>`, or refuses
+//! without a certificate.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use ward_ca::auth::{Authenticator, ByForm};
+use ward_ca::authority::Authority;
+use ward_ca::kubernetes::{ReviewSettings, TokenReviewer};
+use ward_ca::metrics::CaMetrics;
+use ward_ca::token::JoinTokens;
+
+use support::kube_api::{Answer, CA_OWN_TOKEN, FakeKubeApi, TOKENREVIEWS, jwt};
+use support::*;
+
+const WEB: &str = "spiffe://test.ward/ns/shop/sa/web";
+
+type MakeAuthenticator = Box<dyn FnOnce(&Authority, &CaMetrics) -> Arc<dyn Authenticator>>;
+
+fn reviewer_with(api: &FakeKubeApi, settings: ReviewSettings) -> MakeAuthenticator {
+    let client = api.client();
+    Box::new(move |authority, metrics| {
+        Arc::new(TokenReviewer::new(
+            client,
+            settings,
+            authority.trust_domain().clone(),
+            metrics,
+        ))
+    })
+}
+
+async fn ca_with(api: &FakeKubeApi) -> TestServer {
+    let settings = ReviewSettings {
+        timeout: Duration::from_secs(2),
+        ..ReviewSettings::new("ward")
+    };
+    TestServer::start_authenticated(short_limits(), None, reviewer_with(api, settings)).await
+}
+
+async fn reviews(ca: &TestServer, result: &str) -> f64 {
+    ca.metric(&format!(
+        "ward_ca_token_reviews_total{{result=\"{result}\"}}"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn an_authenticated_service_account_token_gets_its_svid_and_nothing_else() {
+    let api = FakeKubeApi::start().await;
+    let ca = ca_with(&api).await;
+    let token = jwt("web");
+    api.answer(&token, Answer::Recorded(201, "authenticated"));
+
+    let (_key, csr) = csr_for(WEB);
+    let resp = ca.post_svid(Some(&bearer(&token)), csr).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let chain = pem_certs(resp.text().as_bytes());
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let uris: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(uris, vec![format!("URI({WEB})")]);
+
+    // What the CA asked: our audience, this token, with its own credential.
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].path, TOKENREVIEWS);
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {CA_OWN_TOKEN}").as_str())
+    );
+    assert_eq!(seen[0].body["kind"], "TokenReview");
+    assert_eq!(seen[0].body["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(seen[0].body["spec"]["token"], token.as_str());
+    assert_eq!(
+        seen[0].body["spec"]["audiences"],
+        serde_json::json!(["ward"])
+    );
+
+    // The audit names the pod and the token's id, never the token.
+    let audit = ca.wait_audit(1, STEP).await;
+    let line = audit.last().unwrap();
+    assert_eq!(line["result"], "issued");
+    assert_eq!(line["identity"], WEB);
+    assert_eq!(
+        line["token_id"],
+        "k8s:pod=shop/web-7d9f8c6b5-x2k4q,JTI=0b6f1c52-3e0a-4d57-b2f4-8f1e9c6a7d30"
+    );
+    assert!(
+        !std::fs::read_to_string(&ca.audit_path)
+            .unwrap()
+            .contains(&token)
+    );
+    assert_eq!(reviews(&ca, "authenticated").await, 1.0);
+
+    // The same token cannot buy another ServiceAccount's identity.
+    let (_key, csr) = csr_for("spiffe://test.ward/ns/shop/sa/admin");
+    ca.expect_denied(
+        Some(&bearer(&token)),
+        csr,
+        StatusCode::FORBIDDEN,
+        "identity_mismatch",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_tokens_get_401_with_the_reason_and_no_certificate() {
+    let api = FakeKubeApi::start().await;
+    let ca = ca_with(&api).await;
+    for (name, reason, result, words) in [
+        (
+            "expired",
+            "token_unauthenticated",
+            "unauthenticated",
+            "has expired",
+        ),
+        (
+            "wrong-audience",
+            "token_unauthenticated",
+            "unauthenticated",
+            "target audiences",
+        ),
+        (
+            "audience-unaware",
+            "wrong_audience",
+            "wrong_audience",
+            "for the Kubernetes API itself",
+        ),
+        (
+            "user",
+            "not_a_service_account",
+            "not_a_service_account",
+            "oidc:alice",
+        ),
+    ] {
+        let token = jwt(name);
+        api.answer(&token, Answer::Recorded(201, name));
+        let before = reviews(&ca, result).await;
+        let (_key, csr) = csr_for(WEB);
+        let resp = ca
+            .expect_denied(Some(&bearer(&token)), csr, StatusCode::UNAUTHORIZED, reason)
+            .await;
+        assert!(resp.text().contains(words), "{name}: {}", resp.text());
+        assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(reviews(&ca, result).await, before + 1.0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn what_is_not_a_jwt_is_refused_without_asking_the_api() {
+    let api = FakeKubeApi::start().await;
+    let ca = ca_with(&api).await;
+    let (_key, csr) = csr_for(WEB);
+    for token in ["hello", "a.b", &"x.".repeat(5000)] {
+        ca.expect_denied(
+            Some(&bearer(token)),
+            csr.clone(),
+            StatusCode::UNAUTHORIZED,
+            "malformed_token",
+        )
+        .await;
+    }
+    assert!(api.seen().is_empty(), "no TokenReview for a non-JWT");
+}
+
+#[tokio::test]
+async fn an_api_server_that_cannot_be_asked_gives_503_then_the_retry_succeeds() {
+    let api = FakeKubeApi::start().await;
+    let ca = ca_with(&api).await;
+    let token = jwt("web");
+    let (_key, csr) = csr_for(WEB);
+
+    // The CA's own RBAC missing: 403 from the API server.
+    api.answer(&token, Answer::Recorded(403, "forbidden"));
+    let resp = ca
+        .expect_denied(
+            Some(&bearer(&token)),
+            csr.clone(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authenticator_unavailable",
+        )
+        .await;
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    assert!(resp.text().contains("tokenreviews"), "{}", resp.text());
+
+    // The API server down (nothing listening), then back on the same address.
+    let stopped = api.stop();
+    let resp = ca
+        .expect_denied(
+            Some(&bearer(&token)),
+            csr.clone(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authenticator_unavailable",
+        )
+        .await;
+    assert!(
+        resp.text().contains("cannot reach the Kubernetes API"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(reviews(&ca, "error").await, 2.0);
+
+    // Back on the same address, RBAC fixed: the proxy's retry gets its certificate.
+    let api = stopped.restart().await;
+    api.answer(&token, Answer::Recorded(201, "authenticated"));
+    let resp = ca.post_svid(Some(&bearer(&token)), csr).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(api.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_api_server_or_no_free_review_slot_is_a_bounded_503() {
+    let api = FakeKubeApi::start().await;
+    let make = reviewer_with(
+        &api,
+        ReviewSettings {
+            timeout: Duration::from_secs(2),
+            max_in_flight: 1,
+            ..ReviewSettings::new("ward")
+        },
+    );
+    let ca = TestServer::start_authenticated(short_limits(), None, make).await;
+    let hang = jwt("hang");
+    api.answer(&hang, Answer::Hang);
+    let web = jwt("web");
+    api.answer(&web, Answer::Recorded(201, "authenticated"));
+    let (_key, csr) = csr_for(WEB);
+
+    let resp = ca
+        .expect_denied(
+            Some(&bearer(&hang)),
+            csr.clone(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authenticator_unavailable",
+        )
+        .await;
+    assert!(resp.text().contains("did not answer"), "{}", resp.text());
+
+    // One slot: while a hanging review holds it, a good token is shed at
+    // once instead of queueing more work on the API server.
+    let hang_bearer = bearer(&hang);
+    let holder = ca.post_svid(Some(&hang_bearer), csr.clone());
+    let contender = async {
+        wait_until(|| api.seen().len() >= 2).await;
+        let seen_before = api.seen().len();
+        ca.expect_denied(
+            Some(&bearer(&web)),
+            csr.clone(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authenticator_unavailable",
+        )
+        .await;
+        assert_eq!(
+            api.seen().len(),
+            seen_before,
+            "no second review while the slot is held"
+        );
+    };
+    let (held, ()) = tokio::join!(holder, contender);
+    assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The slot is free again.
+    let resp = ca.post_svid(Some(&bearer(&web)), csr).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn one_ca_can_take_both_kinds_of_credential_and_refuses_a_disabled_kind() {
+    let api = FakeKubeApi::start().await;
+    let sa_token = jwt("web");
+    api.answer(&sa_token, Answer::Recorded(201, "authenticated"));
+    let (_key, csr) = csr_for(WEB);
+
+    let client = api.client();
+    let both = TestServer::start_authenticated(short_limits(), None, move |authority, metrics| {
+        Arc::new(ByForm {
+            join_tokens: Some(Box::new(JoinTokens::new(authority))),
+            kubernetes: Some(Box::new(TokenReviewer::new(
+                client,
+                ReviewSettings::new("ward"),
+                authority.trust_domain().clone(),
+                metrics,
+            ))),
+        })
+    })
+    .await;
+    let (join_token, _) = both.token(WEB);
+    for token in [&join_token, &sa_token] {
+        let resp = both.post_svid(Some(&bearer(token)), csr.clone()).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    assert_eq!(
+        api.seen().len(),
+        1,
+        "the join token was not sent for review"
+    );
+
+    let client = api.client();
+    let pods_only =
+        TestServer::start_authenticated(short_limits(), None, move |authority, metrics| {
+            Arc::new(ByForm {
+                join_tokens: None,
+                kubernetes: Some(Box::new(TokenReviewer::new(
+                    client,
+                    ReviewSettings::new("ward"),
+                    authority.trust_domain().clone(),
+                    metrics,
+                ))),
+            })
+        })
+        .await;
+    let (join_token, _) = pods_only.token(WEB);
+    let resp = pods_only
+        .expect_denied(
+            Some(&bearer(&join_token)),
+            csr,
+            StatusCode::UNAUTHORIZED,
+            "authenticator_disabled",
+        )
+        .await;
+    assert!(
+        resp.text().contains("join tokens are not accepted"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(api.seen().len(), 1, "nothing more was reviewed");
+}
+
+/// Polls `done` every 10 ms for at most [`STEP`].
+async fn wait_until(done: impl Fn() -> bool) {
+    bounded("condition", async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
