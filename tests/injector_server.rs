@@ -12,13 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use ward::inject::Config;
-use ward::injector::{InjectorServer, Limits, ServeError};
+use ward::injector::{InjectorServer, ServeError, webhook_limits};
+use ward_ca::https::Limits;
 
 fn limits() -> Limits {
     Limits {
         request_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_millis(500),
-        ..Limits::default()
+        ..webhook_limits()
     }
 }
 

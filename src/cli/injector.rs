@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use ward::injector::{InjectorServer, Limits, MUTATE_PATH};
+use ward::injector::{InjectorServer, MUTATE_PATH, webhook_limits};
 
 use super::inject::SettingsArgs;
 
@@ -33,7 +33,7 @@ pub async fn run(args: InjectorArgs) -> Result<()> {
         &args.tls_cert,
         &args.tls_key,
         config,
-        Limits::default(),
+        webhook_limits(),
     )
     .await?;
     tracing::info!(
