@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use ward::injector::{InjectorServer, MUTATE_PATH, webhook_limits};
+use ward::injector::{InjectorServer, MUTATE_PATH, TlsFiles, webhook_limits};
 
 use super::inject::SettingsArgs;
 
@@ -28,14 +28,11 @@ pub struct InjectorArgs {
 
 pub async fn run(args: InjectorArgs) -> Result<()> {
     let config = args.settings.config()?;
-    let server = InjectorServer::bind(
-        args.listen,
-        &args.tls_cert,
-        &args.tls_key,
-        config,
-        webhook_limits(),
-    )
-    .await?;
+    let tls = TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+    };
+    let server = InjectorServer::bind(args.listen, tls, config, webhook_limits()).await?;
     tracing::info!(
         listen = %server.local_addr()?,
         path = MUTATE_PATH,

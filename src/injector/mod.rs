@@ -5,10 +5,12 @@
 //! ([`patch`]) and serves that over HTTPS ([`server`]; its routes in
 //! `routes.rs`).
 
+mod metrics;
 pub mod patch;
 pub mod review;
 mod routes;
 pub mod server;
+mod serving_cert;
 
 #[cfg(test)]
 mod tests;
@@ -16,3 +18,4 @@ mod tests;
 pub use review::{Decision, ReviewError, review};
 pub use routes::MUTATE_PATH;
 pub use server::{InjectorServer, ServeError, webhook_limits};
+pub use serving_cert::{CertError, TlsFiles};

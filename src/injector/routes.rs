@@ -4,6 +4,7 @@
 //! |----------------|---------------------------------------------------------|
 //! | `POST /mutate` | the AdmissionReview answer, or 4xx with `{"error": ...}` |
 //! | `GET /healthz` | `ok`                                                    |
+//! | `GET /metrics` | Prometheus text                                         |
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use ward_ca::https::{Handler, read_body};
 
+use super::metrics::{self, InjectorMetrics};
 use super::review;
 use crate::inject::Config;
 
@@ -25,6 +27,7 @@ pub const MUTATE_PATH: &str = "/mutate";
 
 pub struct Routes {
     pub config: Arc<Config>,
+    pub metrics: Arc<InjectorMetrics>,
     pub max_body: usize,
     pub request_timeout: Duration,
 }
@@ -35,7 +38,7 @@ impl Routes {
     async fn handle(&self, req: Request<Incoming>) -> Resp {
         let (allowed, allow) = match req.uri().path() {
             MUTATE_PATH => (Method::POST, "POST"),
-            "/healthz" => (Method::GET, "GET"),
+            "/healthz" | "/metrics" => (Method::GET, "GET"),
             _ => return json_error(StatusCode::NOT_FOUND, "no such endpoint"),
         };
         if req.method() != allowed {
@@ -44,14 +47,24 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static(allow));
             return resp;
         }
-        if allowed == Method::GET {
-            return ok("text/plain", Bytes::from_static(b"ok\n"));
+        match req.uri().path() {
+            "/healthz" => ok("text/plain", Bytes::from_static(b"ok\n")),
+            "/metrics" => ok(
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render().into(),
+            ),
+            _ => self.mutate(req).await,
         }
+    }
+
+    /// `POST /mutate`: one AdmissionReview in, its answer out, counted.
+    async fn mutate(&self, req: Request<Incoming>) -> Resp {
         let (parts, body) = req.into_parts();
         let body = match read_body(&parts.headers, body, self.max_body, self.request_timeout).await
         {
             Ok(body) => body,
             Err(e) => {
+                self.metrics.reviewed(metrics::BAD_REQUEST);
                 // The rest of the body may still be in flight: do not reuse
                 // the connection.
                 let mut resp = json_error(e.status(), &e.to_string());
@@ -67,6 +80,7 @@ impl Routes {
         let reviewed = tokio::task::spawn_blocking(move || review::review(&config, &body)).await;
         let Ok(reviewed) = reviewed else {
             tracing::error!("an admission review task failed");
+            self.metrics.reviewed(metrics::ERROR);
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         };
         match reviewed {
@@ -77,10 +91,12 @@ impl Routes {
                     result = %decision.result,
                     "admission review"
                 );
+                self.metrics.reviewed(decision.verdict.label());
                 ok("application/json", answer.to_string().into())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "malformed admission review");
+                self.metrics.reviewed(metrics::BAD_REQUEST);
                 json_error(StatusCode::BAD_REQUEST, &e.to_string())
             }
         }

@@ -8,16 +8,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::aws_lc_rs;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::sign::SingleCertAndKey;
+use time::OffsetDateTime;
 use ward_ca::https::{BindError, HttpsServer, Limits};
 
+use super::metrics::InjectorMetrics;
 use super::routes::Routes;
+use super::serving_cert::{self, CertError, TlsFiles};
 use crate::inject::Config;
 
 /// The webhook's limits: the CA's, with room for a whole AdmissionReview
@@ -37,12 +36,8 @@ pub fn webhook_limits() -> Limits {
 pub enum ServeError {
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("--tls-cert {}: {reason}", .path.display())]
-    Cert { path: PathBuf, reason: String },
-    #[error("--tls-key {}: {reason}", .path.display())]
-    Key { path: PathBuf, reason: String },
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Cert(#[from] CertError),
 }
 
 /// A bound, not yet running, webhook server.
@@ -51,37 +46,23 @@ pub struct InjectorServer {
 }
 
 impl InjectorServer {
-    /// Reads the PEM certificate chain and key, and binds `listen`.
+    /// Reads the certificate and key `tls` names, and binds `listen`.
     pub async fn bind(
         listen: SocketAddr,
-        cert: &Path,
-        key: &Path,
+        tls: TlsFiles,
         config: Config,
         limits: Limits,
     ) -> Result<Self, ServeError> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| ServeError::Cert {
-                path: cert.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(ServeError::Cert {
-                path: cert.to_path_buf(),
-                reason: "no CERTIFICATE in the file".to_string(),
-            });
-        }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| ServeError::Key {
-            path: key.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let certified = CertifiedKey::from_der(chain, key_der, &aws_lc_rs::default_provider())?;
+        let loaded = serving_cert::load(&tls, OffsetDateTime::now_utc())?;
+        let metrics = Arc::new(InjectorMetrics::new());
+        metrics.cert_expiration.set(loaded.not_after as f64);
         let routes = Arc::new(Routes {
             config: Arc::new(config),
+            metrics,
             max_body: limits.max_body,
             request_timeout: limits.request_timeout,
         });
-        let certs = Arc::new(SingleCertAndKey::from(certified));
+        let certs = Arc::new(SingleCertAndKey::from(loaded.certified));
         let https = HttpsServer::bind(listen, certs, routes, limits).await?;
         Ok(Self { https })
     }
