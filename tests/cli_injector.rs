@@ -42,6 +42,7 @@ fn start(dir: &Path) -> (Server, SocketAddr, Pair) {
         .arg(&files.cert)
         .arg("--tls-key")
         .arg(&files.key)
+        .args(["--tls-reload-interval", "1s"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ward injector");
@@ -203,6 +204,27 @@ fn bad_certificate_files_are_reported_not_panics() {
     assert!(!out.status.success());
     assert!(
         stderr.contains("--tls-cert") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_zero_reload_interval_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = Pair::valid().write(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["injector", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key)
+        .env("WARD_INJECTOR_TLS_RELOAD_INTERVAL", "0s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--tls-reload-interval") && stderr.contains("greater than zero"),
         "{stderr}"
     );
 }

@@ -16,6 +16,7 @@ pub const ERROR: &str = "error";
 pub struct InjectorMetrics {
     registry: Registry,
     reviews: IntCounterVec,
+    cert_reloads: IntCounterVec,
     /// When the serving certificate in use expires (Unix time).
     pub cert_expiration: Gauge,
 }
@@ -26,6 +27,15 @@ impl InjectorMetrics {
             Opts::new(
                 "ward_injector_reviews_total",
                 "AdmissionReviews answered, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let cert_reloads = IntCounterVec::new(
+            Opts::new(
+                "ward_injector_cert_reloads_total",
+                "Changed serving certificate files read, by result; \
+                 on failure the current pair stays in use.",
             ),
             &["result"],
         )
@@ -52,9 +62,13 @@ impl InjectorMetrics {
         {
             reviews.with_label_values(&[result]);
         }
+        for result in ["success", "failure"] {
+            cert_reloads.with_label_values(&[result]);
+        }
         let registry = Registry::new();
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(reviews.clone()),
+            Box::new(cert_reloads.clone()),
             Box::new(cert_expiration.clone()),
             Box::new(build_info),
         ];
@@ -64,6 +78,7 @@ impl InjectorMetrics {
         Self {
             registry,
             reviews,
+            cert_reloads,
             cert_expiration,
         }
     }
@@ -72,6 +87,12 @@ impl InjectorMetrics {
     /// label, [`BAD_REQUEST`] or [`ERROR`].
     pub fn reviewed(&self, result: &'static str) {
         self.reviews.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a reload of changed serving certificate files.
+    pub fn cert_reloaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.cert_reloads.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -3,20 +3,18 @@
 //! keep-alive, connection and request limits, graceful drain), with the
 //! limits of [`webhook_limits`].
 //!
-//! The certificate and key are read once at start; a rotated certificate
-//! needs a restart (a rolling restart of the webhook Deployment).
+//! The certificate and key are read again every `reload_interval`
+//! ([`TlsFiles`]), so a rotated Secret is served without a restart.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::sign::SingleCertAndKey;
-use time::OffsetDateTime;
 use ward_ca::https::{BindError, HttpsServer, Limits};
 
 use super::metrics::InjectorMetrics;
 use super::routes::Routes;
-use super::serving_cert::{self, CertError, TlsFiles};
+use super::serving_cert::{CertError, ServingCert, TlsFiles};
 use crate::inject::Config;
 
 /// The webhook's limits: the CA's, with room for a whole AdmissionReview
@@ -43,6 +41,7 @@ pub enum ServeError {
 /// A bound, not yet running, webhook server.
 pub struct InjectorServer {
     https: HttpsServer<Routes>,
+    serving: Arc<ServingCert>,
 }
 
 impl InjectorServer {
@@ -53,18 +52,16 @@ impl InjectorServer {
         config: Config,
         limits: Limits,
     ) -> Result<Self, ServeError> {
-        let loaded = serving_cert::load(&tls, OffsetDateTime::now_utc())?;
         let metrics = Arc::new(InjectorMetrics::new());
-        metrics.cert_expiration.set(loaded.not_after as f64);
+        let serving = Arc::new(ServingCert::load(tls, metrics.clone())?);
         let routes = Arc::new(Routes {
             config: Arc::new(config),
             metrics,
             max_body: limits.max_body,
             request_timeout: limits.request_timeout,
         });
-        let certs = Arc::new(SingleCertAndKey::from(loaded.certified));
-        let https = HttpsServer::bind(listen, certs, routes, limits).await?;
-        Ok(Self { https })
+        let https = HttpsServer::bind(listen, serving.clone(), routes, limits).await?;
+        Ok(Self { https, serving })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -73,6 +70,8 @@ impl InjectorServer {
 
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let reload = tokio::spawn(self.serving.clone().watch());
         self.https.run(shutdown).await;
+        reload.abort();
     }
 }

@@ -5,7 +5,8 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,15 +57,58 @@ impl Pair {
     }
 }
 
+/// How often the servers under test read their certificate files again.
+pub const RELOAD_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Writes `cert` and `key` as `tls.crt` and `tls.key` in `dir`.
 pub fn write(dir: &Path, cert: &str, key: &str) -> TlsFiles {
-    let files = TlsFiles {
-        cert: dir.join("tls.crt"),
-        key: dir.join("tls.key"),
-    };
+    let files = files(dir);
     std::fs::write(&files.cert, cert).unwrap();
     std::fs::write(&files.key, key).unwrap();
     files
+}
+
+fn files(dir: &Path) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        reload_interval: RELOAD_INTERVAL,
+    }
+}
+
+/// A directory laid out as the kubelet mounts a Secret: `tls.crt` and
+/// `tls.key` link through `..data` to a versioned directory, and each new
+/// version replaces `..data` in one rename.
+pub struct SecretDir {
+    root: PathBuf,
+    version: u32,
+}
+
+impl SecretDir {
+    pub fn new(root: &Path, pair: &Pair) -> (Self, TlsFiles) {
+        let mut secret = Self {
+            root: root.to_path_buf(),
+            version: 0,
+        };
+        secret.swap(&pair.cert_pem, &pair.key_pem);
+        for name in ["tls.crt", "tls.key"] {
+            symlink(Path::new("..data").join(name), root.join(name)).unwrap();
+        }
+        (secret, files(root))
+    }
+
+    /// Publishes `cert` and `key` as the Secret's new version.
+    pub fn swap(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let dir = self.root.join(&version);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.join("tls.key"), key).unwrap();
+        let link = self.root.join("..data_tmp");
+        symlink(&version, &link).unwrap();
+        std::fs::rename(&link, self.root.join("..data")).unwrap();
+    }
 }
 
 /// A client that trusts exactly `pairs`, with the given TLS versions.
