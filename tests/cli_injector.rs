@@ -1,21 +1,19 @@
 //! `ward injector` as the API server sees it: the built binary on loopback
 //! with a certificate made here, AdmissionReviews POSTed over real TLS 1.3,
-//! malformed requests answered with 4xx while it keeps serving, and a clean
-//! exit on SIGTERM.
+//! malformed requests answered with 4xx while it keeps serving, each
+//! answer counted on `/metrics`, and a clean exit on SIGTERM.
+
+mod webhook;
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use webhook::{Pair, assert_reviews, client, post, request, sample, scrape};
 
 /// Kills the child on drop so a failing test leaves no server behind.
 struct Server(Child);
@@ -28,14 +26,10 @@ impl Drop for Server {
 }
 
 /// Starts `ward injector` on an ephemeral port with a fresh certificate for
-/// `localhost`; returns it, its address and roots trusting only that
-/// certificate.
-fn start(dir: &Path) -> (Server, String, RootCertStore) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+/// `localhost`; returns it, its address and that certificate.
+fn start(dir: &Path) -> (Server, SocketAddr, Pair) {
+    let pair = Pair::valid();
+    let files = pair.write(dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
         .args([
             "--log-format",
@@ -45,9 +39,10 @@ fn start(dir: &Path) -> (Server, String, RootCertStore) {
             "127.0.0.1:0",
         ])
         .arg("--tls-cert")
-        .arg(&cert)
+        .arg(&files.cert)
         .arg("--tls-key")
-        .arg(&key)
+        .arg(&files.key)
+        .args(["--tls-reload-interval", "1s"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ward injector");
@@ -68,83 +63,16 @@ fn start(dir: &Path) -> (Server, String, RootCertStore) {
     let listen = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the injector announced its listener");
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(certified.cert.der().to_vec()))
-        .unwrap();
-    (server, listen, roots)
-}
-
-fn client_config(
-    roots: RootCertStore,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
-/// One HTTP/1.1 request over a new TLS connection: (status, body).
-async fn request(
-    addr: &str,
-    tls: &Arc<ClientConfig>,
-    head: &str,
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let tcp = TcpStream::connect(addr).await?;
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut stream = TlsConnector::from(tls.clone()).connect(name, tcp).await?;
-        let head = format!("{head}\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        // The server may answer and close before taking a body it refuses.
-        let _ = stream.write_all(body).await;
-        let _ = stream.flush().await;
-        let mut raw = Vec::new();
-        // The server may close before reading a body it refused.
-        let _ = stream.read_to_end(&mut raw).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
-    .await
-    .map_err(|_| std::io::Error::other("request timed out"))?
-}
-
-async fn post(addr: &str, tls: &Arc<ClientConfig>, body: &[u8]) -> (u16, String) {
-    let head = format!(
-        "POST /mutate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}",
-        body.len()
-    );
-    request(addr, tls, &head, body).await.expect("a response")
-}
-
-fn sample(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/admission")
-        .join(name);
-    std::fs::read(path).unwrap()
+    (server, listen.parse().unwrap(), pair)
 }
 
 #[tokio::test]
 async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut server, addr, roots) = start(tmp.path());
-    let tls = client_config(roots.clone(), rustls::ALL_VERSIONS);
+    let (mut server, addr, pair) = start(tmp.path());
+    let tls = client(&[&pair], rustls::ALL_VERSIONS);
 
-    let (status, body) = post(&addr, &tls, &sample("pod-create.json")).await;
+    let (status, body) = post(addr, &tls, &sample("pod-create.json")).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
@@ -161,7 +89,7 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
     let patch: Value = serde_json::from_slice(&patch).unwrap();
     assert!(patch.as_array().is_some_and(|ops| !ops.is_empty()));
 
-    let (status, body) = post(&addr, &tls, &sample("pod-bad-annotation.json")).await;
+    let (status, body) = post(addr, &tls, &sample("pod-bad-annotation.json")).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], false);
@@ -173,13 +101,13 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
         br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#,
         br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}"#,
     ] {
-        let (status, body) = post(&addr, &tls, bad).await;
+        let (status, body) = post(addr, &tls, bad).await;
         assert_eq!(status, 400, "{body}");
         let error: Value = serde_json::from_str(&body).unwrap();
         assert!(error["error"].is_string(), "{body}");
     }
     let huge = "POST /mutate HTTP/1.1\r\nContent-Length: 5000000";
-    let (status, _) = request(&addr, &tls, huge, b"{").await.unwrap();
+    let (status, _) = request(addr, &tls, huge, b"{").await.unwrap();
     assert_eq!(status, 413);
     // Chunked, so the size is only known while reading.
     let chunk = vec![b' '; 5 << 20];
@@ -187,13 +115,13 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
     chunked.extend_from_slice(&chunk);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     let head = "POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked";
-    let (status, _) = request(&addr, &tls, head, &chunked).await.unwrap();
+    let (status, _) = request(addr, &tls, head, &chunked).await.unwrap();
     assert_eq!(status, 413);
     // A big Pod under the limit is reviewed (a 3 MiB annotation).
     let mut big: Value = serde_json::from_slice(&sample("pod-create.json")).unwrap();
     big["request"]["object"]["metadata"]["annotations"]["example.com/blob"] =
         Value::String("x".repeat(3 << 20));
-    let (status, body) = post(&addr, &tls, big.to_string().as_bytes()).await;
+    let (status, body) = post(addr, &tls, big.to_string().as_bytes()).await;
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["patchType"], "JSONPatch");
@@ -201,30 +129,44 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
         body.len() < 64 * 1024,
         "the patch carries only what changed"
     );
-    let (status, _) = request(&addr, &tls, "GET /mutate HTTP/1.1", b"")
+    let (status, _) = request(addr, &tls, "GET /mutate HTTP/1.1", b"")
         .await
         .unwrap();
     assert_eq!(status, 405);
-    let (status, _) = request(&addr, &tls, "GET /nope HTTP/1.1", b"")
+    let (status, _) = request(addr, &tls, "GET /nope HTTP/1.1", b"")
         .await
         .unwrap();
     assert_eq!(status, 404);
-    let (status, body) = request(&addr, &tls, "GET /healthz HTTP/1.1", b"")
+    let (status, body) = request(addr, &tls, "GET /healthz HTTP/1.1", b"")
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
     // TLS 1.3 only: a TLS 1.2 client is refused.
-    let tls12 = client_config(roots, &[&rustls::version::TLS12]);
+    let tls12 = client(&[&pair], &[&rustls::version::TLS12]);
     assert!(
-        request(&addr, &tls12, "GET /healthz HTTP/1.1", b"")
+        request(addr, &tls12, "GET /healthz HTTP/1.1", b"")
             .await
             .is_err()
     );
 
     // Still serving after all that.
-    let (status, _) = post(&addr, &tls, &sample("pod-opted-out.json")).await;
+    let (status, _) = post(addr, &tls, &sample("pod-opted-out.json")).await;
     assert_eq!(status, 200);
+
+    // Every answer to POST /mutate is counted: malformed, too large
+    // (declared and chunked) are bad requests.
+    let text = scrape(addr, &tls).await;
+    assert_reviews(
+        &text,
+        &[
+            ("injected", 2.0),
+            ("refused", 1.0),
+            ("skipped", 1.0),
+            ("unchanged", 0.0),
+            ("bad_request", 5.0),
+        ],
+    );
 
     let pid = server.0.id().to_string();
     assert!(
@@ -262,6 +204,27 @@ fn bad_certificate_files_are_reported_not_panics() {
     assert!(!out.status.success());
     assert!(
         stderr.contains("--tls-cert") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_zero_reload_interval_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = Pair::valid().write(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["injector", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key)
+        .env("WARD_INJECTOR_TLS_RELOAD_INTERVAL", "0s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--tls-reload-interval") && stderr.contains("greater than zero"),
         "{stderr}"
     );
 }

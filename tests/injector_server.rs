@@ -1,59 +1,47 @@
-//! The webhook server's limits, driven through the library with short
-//! timeouts: a stalled body gets 408, a client that never finishes its
-//! headers is disconnected, a key that does not match the certificate is
-//! refused at start, and shutdown drains.
+//! The webhook server through the library, with short timeouts: a
+//! stalled body gets 408, a client that never finishes its headers is
+//! disconnected, a key that does not match the certificate or an expired
+//! certificate is refused at start, shutdown drains, and `/metrics` counts
+//! real AdmissionReviews by result.
 
+mod webhook;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use ward::inject::Config;
-use ward::injector::{InjectorServer, Limits, ServeError};
+use ward::injector::{InjectorServer, ServeError, webhook_limits};
+use ward_ca::https::Limits;
+use webhook::{
+    Pair, Running, assert_reviews, client, connect, metric, post, request, sample, scrape,
+};
 
 fn limits() -> Limits {
     Limits {
         request_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_millis(500),
-        ..Limits::default()
+        ..webhook_limits()
     }
 }
 
-/// A server on 127.0.0.1:0 with a fresh `localhost` certificate, and a
-/// client configuration trusting it.
-async fn server(dir: &std::path::Path) -> (InjectorServer, Arc<ClientConfig>) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+/// A running server on 127.0.0.1:0 with a fresh `localhost` certificate,
+/// and a client configuration trusting it.
+async fn server(dir: &std::path::Path) -> (Running, Arc<ClientConfig>, Pair) {
+    let pair = Pair::valid();
     let addr = "127.0.0.1:0".parse().unwrap();
-    let server = InjectorServer::bind(addr, &cert, &key, Config::default(), limits())
+    let server = InjectorServer::bind(addr, pair.write(dir), Config::default(), limits())
         .await
         .unwrap();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(certified.cert.der().to_vec()))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (server, Arc::new(client))
+    let tls = client(&[&pair], rustls::ALL_VERSIONS);
+    (Running::start(server), tls, pair)
 }
 
 /// Sends `bytes` over TLS, then reads what the server says (bounded).
-async fn exchange(addr: std::net::SocketAddr, tls: &Arc<ClientConfig>, bytes: &[u8]) -> String {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = TlsConnector::from(tls.clone())
-        .connect(name, tcp)
-        .await
-        .unwrap();
+async fn exchange(addr: SocketAddr, tls: &Arc<ClientConfig>, bytes: &[u8]) -> String {
+    let mut stream = connect(addr, tls).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     stream.flush().await.unwrap();
     let mut raw = Vec::new();
@@ -68,12 +56,8 @@ async fn exchange(addr: std::net::SocketAddr, tls: &Arc<ClientConfig>, bytes: &[
 #[tokio::test]
 async fn stalled_requests_time_out_and_shutdown_drains() {
     let tmp = tempfile::tempdir().unwrap();
-    let (server, tls) = server(tmp.path()).await;
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (running, tls, _) = server(tmp.path()).await;
+    let addr = running.addr;
 
     // Headers complete, body promised but never sent: 408.
     let head = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{";
@@ -93,26 +77,87 @@ async fn stalled_requests_time_out_and_shutdown_drains() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("the server stopped")
-        .unwrap();
+    running.stop().await;
 }
 
+/// A pair the server could not serve is refused at start, saying which.
 #[tokio::test]
-async fn a_key_that_does_not_match_the_certificate_is_refused() {
+async fn a_mismatched_key_or_an_expired_certificate_is_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let one = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
-    std::fs::write(&cert, one.cert.pem()).unwrap();
-    std::fs::write(&key, other.signing_key.serialize_pem()).unwrap();
-    let addr = "127.0.0.1:0".parse().unwrap();
-    let result = InjectorServer::bind(addr, &cert, &key, Config::default(), limits()).await;
-    assert!(
-        matches!(result, Err(ServeError::Tls(_))),
-        "{:?}",
-        result.err()
+    let (one, other) = (Pair::valid(), Pair::valid());
+    let expired = Pair::new(-time::Duration::hours(1));
+    for (cert, key, says) in [
+        (
+            &one.cert_pem,
+            &other.key_pem,
+            "is not the key of the certificate",
+        ),
+        (&expired.cert_pem, &expired.key_pem, "expired at"),
+    ] {
+        let files = webhook::write(tmp.path(), cert, key);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let result = InjectorServer::bind(addr, files, Config::default(), limits()).await;
+        let Err(ServeError::Cert(e)) = result else {
+            panic!("{:?}", result.err());
+        };
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+/// Every answer to `POST /mutate` is counted under one of a few results,
+/// and `/metrics` (GET only) says when the serving certificate expires.
+#[tokio::test]
+async fn metrics_count_reviews_by_result_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (running, tls, pair) = server(tmp.path()).await;
+    let addr = running.addr;
+
+    let zero = ["injected", "unchanged", "skipped", "refused", "bad_request"].map(|r| (r, 0.0));
+    assert_reviews(&scrape(addr, &tls).await, &zero);
+    for name in [
+        "pod-create.json",
+        "pod-injected.json",
+        "pod-opted-out.json",
+        "pod-host-network.json",
+        "pod-bad-annotation.json",
+    ] {
+        let (status, body) = post(addr, &tls, &sample(name)).await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    let (status, _) = post(addr, &tls, b"{\"kind\": \"AdmissionReview\"}").await;
+    assert_eq!(status, 400);
+
+    let text = scrape(addr, &tls).await;
+    assert_reviews(
+        &text,
+        &[
+            ("injected", 1.0),
+            ("unchanged", 1.0),
+            ("skipped", 2.0),
+            ("refused", 1.0),
+            ("bad_request", 1.0),
+            ("error", 0.0),
+        ],
     );
+    assert_eq!(
+        metric(&text, "ward_injector_cert_expiration_timestamp_seconds"),
+        Some(pair.not_after as f64)
+    );
+    let build = format!(
+        "ward_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&text, &build), Some(1.0), "{text}");
+
+    let (status, _) = request(
+        addr,
+        &tls,
+        "POST /metrics HTTP/1.1\r\nContent-Length: 0",
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 405);
+
+    running.stop().await;
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authority;
 pub mod bundle;
 pub mod csr;
+pub mod https;
 pub mod keys;
 pub mod kubernetes;
 pub mod metrics;

@@ -46,13 +46,47 @@ pub enum ReviewError {
     NoUid,
 }
 
-/// What the webhook decided, for its log line.
+/// What the webhook decided, for its log line and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub uid: String,
     /// `Pod shop/web-7d9f-*`: what was admitted, for messages and logs.
     pub object: String,
+    /// The decision in a few words, with the reason (for the log).
     pub result: String,
+    pub verdict: Verdict,
+}
+
+/// The decision without its reason: few values, so a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted with a patch.
+    Injected,
+    /// Admitted as it was: already injected, not a Pod, not a creation.
+    Unchanged,
+    /// Admitted as it was because the Pod opts out or cannot have a
+    /// sidecar (`hostNetwork`).
+    Skipped,
+    /// Not admitted: ward cannot inject this Pod.
+    Refused,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Injected,
+        Verdict::Unchanged,
+        Verdict::Skipped,
+        Verdict::Refused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Injected => "injected",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Skipped => "skipped",
+            Verdict::Refused => "refused",
+        }
+    }
 }
 
 /// Answers one AdmissionReview (the request body, as sent by the API server).
@@ -83,10 +117,16 @@ pub fn review(config: &Config, body: &[u8]) -> Result<(Value, Decision), ReviewE
             .get("subResource")
             .and_then(Value::as_str)
             .is_none_or(str::is_empty);
-    let result = if !is_pod {
-        "not a Pod; admitted unchanged".to_string()
+    let (verdict, result) = if !is_pod {
+        (
+            Verdict::Unchanged,
+            "not a Pod; admitted unchanged".to_string(),
+        )
     } else if !creates {
-        "not a creation; admitted unchanged".to_string()
+        (
+            Verdict::Unchanged,
+            "not a creation; admitted unchanged".to_string(),
+        )
     } else {
         match inject::inject(config, object) {
             Ok(Outcome::Injected {
@@ -106,20 +146,23 @@ pub fn review(config: &Config, body: &[u8]) -> Result<(Value, Decision), ReviewE
                             .collect::<Vec<_>>()
                     );
                 }
-                "injected".to_string()
+                (Verdict::Injected, "injected".to_string())
             }
-            Ok(Outcome::Unchanged) => "already injected; unchanged".to_string(),
+            Ok(Outcome::Unchanged) => (
+                Verdict::Unchanged,
+                "already injected; unchanged".to_string(),
+            ),
             Ok(Outcome::Skipped(reason)) => {
                 if reason.is_warning() {
                     response["warnings"] = json!([format!("ward: {described}: {reason}")]);
                 }
-                format!("skipped: {reason}")
+                (Verdict::Skipped, format!("skipped: {reason}"))
             }
             Err(e) => {
                 let message = format!("ward: {described}: {e}");
                 response["allowed"] = json!(false);
                 response["status"] = json!({"code": 400, "message": message});
-                format!("refused: {e}")
+                (Verdict::Refused, format!("refused: {e}"))
             }
         }
     };
@@ -128,6 +171,7 @@ pub fn review(config: &Config, body: &[u8]) -> Result<(Value, Decision), ReviewE
         uid,
         object: described,
         result,
+        verdict,
     };
     Ok((answer, decision))
 }

@@ -6,6 +6,7 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::patch::diff;
+use super::review::Verdict;
 use super::{ReviewError, review};
 use crate::inject::{self, Config, Outcome};
 
@@ -169,6 +170,28 @@ fn the_namespace_in_messages_is_the_pods_own_when_it_has_one() {
     doc["request"]["object"]["metadata"]["name"] = json!("db-0");
     let (_, decision) = review(&Config::default(), doc.to_string().as_bytes()).unwrap();
     assert_eq!(decision.object, "Pod own/db-0");
+}
+
+#[test]
+fn each_decision_has_the_verdict_its_metric_counts() {
+    let verdict = |body: &str| {
+        review(&Config::default(), body.as_bytes())
+            .unwrap()
+            .1
+            .verdict
+    };
+    for (name, expected) in [
+        ("pod-create.json", Verdict::Injected),
+        ("pod-injected.json", Verdict::Unchanged),
+        ("pod-opted-out.json", Verdict::Skipped),
+        ("pod-host-network.json", Verdict::Skipped),
+        ("pod-bad-annotation.json", Verdict::Refused),
+    ] {
+        assert_eq!(verdict(&load(name)), expected, "{name}");
+    }
+    let mut update: Value = serde_json::from_str(&load("pod-create.json")).unwrap();
+    update["request"]["operation"] = json!("UPDATE");
+    assert_eq!(verdict(&update.to_string()), Verdict::Unchanged);
 }
 
 #[test]
