@@ -3,9 +3,11 @@
 
 pub mod adversary;
 pub mod apps;
+pub mod https;
 pub mod lab;
 pub mod mesh;
 pub mod pods;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
