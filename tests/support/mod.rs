@@ -3,11 +3,13 @@
 
 pub mod adversary;
 pub mod apps;
+pub mod https;
 #[path = "../../ca/tests/support/kube_api.rs"]
 pub mod kube_api;
 pub mod lab;
 pub mod mesh;
 pub mod pods;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
