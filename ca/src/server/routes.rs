@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use time::OffsetDateTime;
 
+use crate::csr::CsrError;
+use crate::https::{BodyError, read_body};
 use crate::service::{Denial, DenyReason, SvidService};
 use crate::store::CaDir;
 
@@ -93,15 +93,15 @@ impl Routes {
 
     async fn svid(&self, req: Request<Incoming>, client: SocketAddr) -> Resp {
         let (parts, body) = req.into_parts();
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = match declared {
-            Some(n) if n > self.max_body as u64 => Err(DenyReason::BodyTooLarge(self.max_body)),
-            _ => self.read_body(body).await,
-        };
+        let body = read_body(&parts.headers, body, self.max_body, self.request_timeout)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(max) => DenyReason::BodyTooLarge(max),
+                BodyError::Timeout => DenyReason::Timeout,
+                BodyError::Read(why) => {
+                    DenyReason::Csr(CsrError::Malformed(format!("body: {why}")))
+                }
+            });
         let body = match body {
             Ok(body) => body,
             Err(reason) => {
@@ -114,20 +114,6 @@ impl Routes {
         match self.service.issue(authorization, &body, client).await {
             Ok(issued) => ok("application/x-pem-file", issued.chain_pem.into()),
             Err(denial) => denial_response(&denial),
-        }
-    }
-
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, DenyReason> {
-        let limited = Limited::new(body, self.max_body);
-        match tokio::time::timeout(self.request_timeout, limited.collect()).await {
-            Err(_) => Err(DenyReason::Timeout),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(DenyReason::BodyTooLarge(self.max_body))
-            }
-            Ok(Err(e)) => Err(DenyReason::Csr(crate::csr::CsrError::Malformed(format!(
-                "body: {e}"
-            )))),
         }
     }
 
