@@ -1,19 +1,21 @@
 //! The pod testbed (`ward::pods`) with real namespaces: pods reach each
 //! other over the bridge on IPv4 and IPv6, captures see what crosses it,
-//! processes run as the uid asked for, and nothing outlives the testbed or
-//! touches the root namespace. Plain programs (python3, curl, sh) stand in
+//! processes run as the uid asked for, cluster IPs lead to the pods they
+//! are set to, and nothing outlives the testbed or touches the root
+//! namespace. Plain programs (python3, curl, sh) stand in
 //! for ward. Skips with a reason unless root; `WARD_REQUIRE_NETNS=1` makes a
 //! skip a failure.
 
 mod support;
 
-use std::net::IpAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::pods::{require_capture_or_skip, require_pods_or_skip};
+use support::pods::{require_capture_or_skip, require_cluster_ips_or_skip, require_pods_or_skip};
 use ward::pods::{NAME_PREFIX, Pod, PodCommand, PodsError, Testbed};
 
 /// Serves `dir` over HTTP on [::]:8080 (dual stack) in `pod`.
@@ -313,6 +315,72 @@ fn the_root_namespace_is_untouched() {
         before,
         "root namespace changed after the testbed"
     );
+}
+
+/// kube-proxy's job, done by the bridge namespace: a cluster IP and port
+/// lead to the target port of whichever pods it is set to, one picked per
+/// connection, and the pods see the connection come from the node.
+#[test]
+fn a_cluster_ip_leads_to_the_pods_it_is_set_to() {
+    if !require_cluster_ips_or_skip() {
+        return;
+    }
+    let before = root_snapshot();
+    let tb = Testbed::new().expect("testbed");
+    let client = tb.add_pod("client").expect("client pod");
+    let backends = [
+        tb.add_pod("b").expect("pod b"),
+        tb.add_pod("c").expect("pod c"),
+    ];
+    for pod in &backends {
+        let file = pod
+            .write_file("www/who", pod.name().as_bytes())
+            .expect("write");
+        http_server(pod, file.parent().expect("www"));
+        let out = curl_until_answered(&client, IpAddr::V4(pod.ipv4()), "/who");
+        assert!(out.status.success(), "{out:?}\n{}", tb.logs());
+    }
+    let [b, c] = backends
+        .each_ref()
+        .map(|p| SocketAddrV4::new(p.ipv4(), 8080));
+    let service = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80);
+    let who = || {
+        let url = format!("http://{service}/who");
+        let out = client
+            .run(PodCommand::new("curl").args(["-sS", "--max-time", "5", &url]))
+            .expect("run curl");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+    };
+
+    tb.set_cluster_ip(service, &[b]).expect("cluster ip");
+    assert_eq!(who().0, "b", "{}", tb.logs());
+    tb.set_cluster_ip(service, &[c]).expect("moved");
+    assert_eq!(who().0, "c");
+    // Both, at random: 20 calls miss one of them with probability 2^-19.
+    tb.set_cluster_ip(service, &[b, c]).expect("both");
+    let seen: BTreeSet<String> = (0..20).map(|_| who().0).collect();
+    assert_eq!(seen, BTreeSet::from(["b".into(), "c".into()]));
+    // No backends: refused at once (no route), not left to time out.
+    tb.set_cluster_ip(service, &[]).expect("none");
+    let (_, out) = who();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl could not connect: {out:?}"
+    );
+
+    assert_eq!(tb.cluster_ip_connections(service).expect("counted"), 23);
+    // The pods saw each connection come from the node (masquerade).
+    let from_node = format!("{} - -", tb.node_ipv4());
+    for pod in &backends {
+        assert!(pod.logs().contains(&from_node), "{}", pod.logs());
+    }
+    let outside = SocketAddrV4::new(Ipv4Addr::new(10, 97, 0, 1), 80);
+    assert!(matches!(
+        tb.set_cluster_ip(outside, &[b]),
+        Err(PodsError::NotAServiceIp(ip)) if ip == *outside.ip()
+    ));
+    assert_eq!(root_snapshot(), before, "the root namespace changed");
 }
 
 #[test]

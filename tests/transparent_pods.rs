@@ -6,26 +6,14 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::lab::{WARD, app_addr, curl, member, pod, run, start, stdout};
+use support::lab::{WARD, app_addr, curl, member, pod, run, start, stdout, talk};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario::{FLOWS, Verdict};
 use ward::lab::{Lab, Options, Placement};
-use ward::pods::{Pod, PodCommand, Testbed};
-
-/// A plain TCP client (bash's /dev/tcp): read the greeting, send a line,
-/// read the echo.
-fn talk(pod: &Pod<'_>, addr: SocketAddr, line: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/{}/{} || exit 1; timeout 5 head -n1 <&3; echo '{line}' >&3; timeout 5 head -n1 <&3",
-        addr.ip(),
-        addr.port()
-    );
-    stdout(&run(pod, "bash", &["-c", &script]))
-}
+use ward::pods::{PodCommand, Testbed};
 
 #[test]
 fn unmodified_clients_get_what_the_policy_says() {

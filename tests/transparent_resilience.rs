@@ -14,8 +14,6 @@ use std::time::Duration;
 use support::adversary::*;
 use support::lab::{WARD, app_addr, curl, member, outsider, pod, pod_of, run, start, stdout};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
-use ward::lab::PROXY_UID;
-use ward::lab::scenario;
 use ward::pods::{PodCommand, Testbed};
 
 #[test]
@@ -177,29 +175,17 @@ fn a_full_ipv6_mesh_flow_is_mutual_tls_and_policed() {
             m.workload.app.port().unwrap_or(0),
         )
     };
-    for name in ["web", "orders", "db"] {
-        let path = member_file(&testbed, name, "mesh.yaml");
-        let mut yaml = std::fs::read_to_string(&path).expect("mesh file");
-        for service in ["orders", "db"] {
-            let v4 = app_addr(&lab, service).to_string();
-            yaml = yaml.replace(
-                &format!("[\"{v4}\"]"),
-                &format!("[\"{v4}\", \"{}\"]", v6(service)),
-            );
-        }
-        assert!(yaml.contains(&v6("orders").to_string()), "{yaml}");
-        std::fs::write(&path, yaml).expect("mesh file rewritten");
+    let path = member_file(&testbed, "web", "mesh.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("mesh file");
+    for service in ["orders", "db"] {
+        let v4 = app_addr(&lab, service).to_string();
+        yaml = yaml.replace(
+            &format!("[\"{v4}\"]"),
+            &format!("[\"{v4}\", \"{}\"]", v6(service)),
+        );
     }
-    for name in ["web", "orders", "db"] {
-        let reloaded = eventually(Duration::from_secs(10), || {
-            count(
-                &metrics(&lab, name),
-                "ward_policy_reloads_total",
-                &[("result", "success")],
-            ) >= 2.0 // the start counts as the first load
-        });
-        assert!(reloaded, "{name} did not reload:\n{}", lab.logs());
-    }
+    assert!(yaml.contains(&v6("orders").to_string()), "{yaml}");
+    replace_mesh(&lab, &testbed, &yaml);
 
     let capture = testbed.capture().expect("capture");
     let secret = "/orders/v6-mesh-d00d";
@@ -258,25 +244,7 @@ fn egress_passthrough_lets_plaintext_out_but_not_around_the_mesh() {
     // web's sidecar again, now with --egress passthrough.
     lab.stop_sidecar("web", false);
     let web = pod_of(&lab, "web");
-    let file = |f: &str| member_file(&testbed, "web", f);
-    let mut sidecar = PodCommand::new(WARD);
-    sidecar
-        .args(["proxy", "--transparent", "--egress", "passthrough"])
-        .args(["--identity", &scenario::identity("web")])
-        .args(["--ca", &lab.ca_url()])
-        .arg("--ca-bundle")
-        .arg(file("bundle.pem"))
-        .arg("--token-file")
-        .arg(file("token"))
-        .arg("--mesh")
-        .arg(file("mesh.yaml"))
-        .uid(PROXY_UID);
-    let proxy = web.spawn(&sidecar).expect("sidecar starts");
-    let ready = eventually(Duration::from_secs(30), || {
-        let (body, _) = curl(web, "GET", "http://127.0.0.1:15020/ready");
-        body.ends_with("200")
-    });
-    assert!(ready, "{}", proxy.logs());
+    let proxy = start_sidecar(&lab, &testbed, web, "web", &["--egress", "passthrough"]);
 
     let (body, out) = curl(web, "GET", &outside_url);
     assert_eq!(body, "outside: GET /x\n\n200", "{:?} {}", out, proxy.logs());

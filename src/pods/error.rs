@@ -14,6 +14,10 @@ pub enum PodsError {
     DuplicatePod(String),
     #[error("the testbed's /24 has no address left for another pod")]
     NoAddressLeft,
+    #[error(
+        "{0} is not a cluster IP: use an address in 10.96.0.0/16, which pods route via the bridge namespace"
+    )]
+    NotAServiceIp(std::net::Ipv4Addr),
     #[error("could not start `{command}`: {source}")]
     Spawn {
         command: String,

@@ -70,7 +70,8 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, PodsError> {
 }
 
 /// `ip ARGS...` in the root namespace (only ever `netns` management: links,
-/// routes and rules are always made with `ip -n NETNS`).
+/// routes and rules are always made with `ip -n NETNS`, and other tools run
+/// in a testbed's namespace with `ip netns exec NETNS`).
 pub(crate) fn ip<I, S>(args: I) -> Result<String, PodsError>
 where
     I: IntoIterator<Item = S>,

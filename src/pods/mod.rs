@@ -7,7 +7,7 @@
 //!
 //!  bridge netns  wardpod-<pid>-<seq>-br
 //!  ┌──────────────────────────────────────────────┐
-//!  │              br0 (no address)                │
+//!  │     br0 10.77.N.1/24 (the pods' "node")      │
 //!  │        ┌───────┴────────┬──────── ...        │
 //!  │        v2               v3                   │
 //!  └────────┼────────────────┼─────────────────────┘
@@ -16,6 +16,8 @@
 //!  │ eth0 10.77.N.2/24│  │ eth0 10.77.N.3/24│
 //!  │ fd77:0:0:N::2/64 │  │ fd77:0:0:N::3/64 │
 //!  │ lo up            │  │ lo up            │
+//!  │ 10.96.0.0/16     │  │ 10.96.0.0/16     │
+//!  │   via 10.77.N.1  │  │   via 10.77.N.1  │
 //!  └──────────────────┘  └──────────────────┘
 //!  pod netns wardpod-<pid>-<seq>-pod-a   ...-pod-b
 //! ```
@@ -27,6 +29,12 @@
 //! placed straight into the pod, so no link ever appears in the root one.
 //! Interface names are short and fixed (`br0`, `v<host>`, `eth0`) because
 //! they only need to be unique within their own namespace.
+//!
+//! The bridge namespace is also the pods' node: it holds `.1` on `br0`,
+//! pods route the service range 10.96.0.0/16 through it, and
+//! [`Testbed::set_cluster_ip`] makes it do kube-proxy's job for a Service's
+//! cluster IP (DNAT to pod addresses; see `cluster_ip.rs`). Traffic
+//! between pod addresses stays plain L2 across the bridge.
 //!
 //! Naming: every namespace and the work directory (in `$TMPDIR`) start with
 //! `wardpod-<pid>-<seq>-`: the pid makes names unique across processes and
@@ -46,12 +54,14 @@
 //!
 //! Needs: root (namespaces and veths need CAP_SYS_ADMIN and CAP_NET_ADMIN),
 //! iproute2's `ip`, util-linux's `setpriv` (processes as another uid),
-//! procps' `kill`, and tcpdump for captures. [`availability`] and
-//! [`capture_availability`] say what is missing.
+//! procps' `kill`, tcpdump for captures, and iptables and procps' `sysctl`
+//! for cluster IPs. [`availability`] and [`capture_availability`] say what
+//! is missing (cluster IPs fail with the tool's own message).
 #![forbid(unsafe_code)]
 
 mod availability;
 mod capture;
+mod cluster_ip;
 mod error;
 mod host;
 mod netns;

@@ -2,7 +2,7 @@
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Output;
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::capture::Capture;
+use super::cluster_ip::{self, ClusterIps};
 use super::netns::{self, PREFIX};
 use super::process::{PodCommand, PodProcess, Registry, Signal};
 use super::{PodsError, availability, host};
@@ -35,9 +36,10 @@ pub struct Testbed {
     namespaces: Mutex<Vec<String>>,
     pods: Mutex<Vec<String>>,
     captures: AtomicUsize,
+    cluster_ips: ClusterIps,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -67,6 +69,7 @@ impl Testbed {
             namespaces: Mutex::new(Vec::new()),
             pods: Mutex::new(Vec::new()),
             captures: AtomicUsize::new(0),
+            cluster_ips: ClusterIps::default(),
         };
         // From here on, an error drops `testbed`, which undoes what was done.
         // Other uids (the proxy's) may traverse but not list the work dir.
@@ -90,6 +93,9 @@ impl Testbed {
             "0",
         ])?;
         host::ip(["-n", br, "link", "set", BRIDGE_IFACE, "up"])?;
+        // The node's address: the pods' gateway to cluster IPs.
+        let node = format!("{}/24", testbed.node_ipv4());
+        host::ip(["-n", br, "addr", "add", &node, "dev", BRIDGE_IFACE])?;
         Ok(testbed)
     }
 
@@ -100,6 +106,13 @@ impl Testbed {
 
     pub fn bridge_netns(&self) -> &str {
         &self.bridge_netns
+    }
+
+    /// The bridge namespace's address on `br0` (`10.77.N.1`): the "node"
+    /// through which pods reach cluster IPs, and the source address
+    /// cluster-IP connections arrive from.
+    pub fn node_ipv4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 1)
     }
 
     /// The work directory: `logs/`, captures, and `pods/<name>/`.
@@ -133,7 +146,7 @@ impl Testbed {
         if pods.iter().any(|p| p == name) {
             return Err(PodsError::DuplicatePod(name.to_string()));
         }
-        // .1 stays free (a gateway, should one be needed); pods get .2 on.
+        // .1 is the bridge namespace's (the node's); pods get .2 on.
         let host_part = u8::try_from(pods.len() + 2)
             .ok()
             .filter(|&h| h < 255)
@@ -177,7 +190,34 @@ impl Testbed {
             "nodad",
         ])?;
         host::ip(["-n", ns, "link", "set", POD_IFACE, "up"])?;
+        let node = self.node_ipv4().to_string();
+        let services = cluster_ip::service_range();
+        host::ip(["-n", ns, "route", "add", &services, "via", &node])?;
         Ok(pod)
+    }
+
+    /// Makes `service` (an address in 10.96.0.0/16 and a port) a Service's
+    /// cluster IP, as kube-proxy would on a node: pods' connections to it
+    /// are DNAT'ed in the bridge namespace to one of `backends`
+    /// (`pod-ip:target-port`), chosen at random per connection. Setting it
+    /// again replaces its backends; with none, connections to it fail.
+    pub fn set_cluster_ip(
+        &self,
+        service: SocketAddrV4,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), PodsError> {
+        let rules = self.dir().join("logs").join(format!(
+            "cluster-ip-{}-{}.rules",
+            service.ip(),
+            service.port()
+        ));
+        self.cluster_ips
+            .set(&self.bridge_netns, &rules, service, backends)
+    }
+
+    /// How many connections pods have opened to the cluster IP `service`.
+    pub fn cluster_ip_connections(&self, service: SocketAddrV4) -> Result<u64, PodsError> {
+        cluster_ip::connections(&self.bridge_netns, service)
     }
 
     /// Captures everything crossing the bridge (`br0` in the bridge

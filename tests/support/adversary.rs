@@ -1,16 +1,17 @@
 //! Tools of the adversarial transparent-mode tests: raw TCP probes with
-//! python3 in a pod, metric shorthands, polling, and a check that the mesh
-//! still serves after an attack.
+//! python3 in a pod, metric shorthands, polling, a check that the mesh
+//! still serves after an attack, and changes to the lab's deployment (a new
+//! mesh file, a sidecar started by hand).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ward::lab::prometheus::sum;
-use ward::lab::{Lab, scenario};
-use ward::pods::{Pod, Testbed};
+use ward::lab::{Lab, PROXY_UID, scenario};
+use ward::pods::{Pod, PodCommand, PodProcess, Testbed};
 
-use super::lab::{app_addr, curl, member, pod, pod_of, run, run_for, stdout};
+use super::lab::{WARD, app_addr, curl, member, pod, pod_of, run, run_for, stdout};
 
 pub fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {
@@ -175,4 +176,58 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A lab member's files (token, bundle, mesh file), as the lab lays them out.
 pub fn member_file(testbed: &Testbed, name: &str, file: &str) -> PathBuf {
     testbed.dir().join("lab").join(name).join(file)
+}
+
+/// Writes `yaml` as every lab member's mesh file and waits (10 s at most)
+/// until each sidecar has loaded it.
+pub fn replace_mesh(lab: &Lab<'_>, testbed: &Testbed, yaml: &str) {
+    let names: Vec<&str> = lab.members().iter().map(|m| m.workload.name).collect();
+    let loads = |name: &str| {
+        count(
+            &metrics(lab, name),
+            "ward_policy_reloads_total",
+            &[("result", "success")],
+        )
+    };
+    let before: Vec<f64> = names.iter().map(|name| loads(name)).collect();
+    for name in &names {
+        std::fs::write(member_file(testbed, name, "mesh.yaml"), yaml).expect("mesh file written");
+    }
+    for (name, before) in names.into_iter().zip(before) {
+        let reloaded = eventually(Duration::from_secs(10), || loads(name) > before);
+        assert!(reloaded, "{name} did not reload:\n{}", lab.logs());
+    }
+}
+
+/// Starts `ward proxy --transparent` in `pod` as the lab starts `name`'s
+/// sidecar (its identity, token, bundle and mesh file; uid 1337), plus
+/// `extra` flags, and waits (30 s at most) until it is ready.
+pub fn start_sidecar<'tb>(
+    lab: &Lab<'_>,
+    testbed: &Testbed,
+    pod: &Pod<'tb>,
+    name: &str,
+    extra: &[&str],
+) -> PodProcess<'tb> {
+    let file = |f: &str| member_file(testbed, name, f);
+    let mut sidecar = PodCommand::new(WARD);
+    sidecar
+        .args(["proxy", "--transparent"])
+        .args(extra)
+        .args(["--identity", &scenario::identity(name)])
+        .args(["--ca", &lab.ca_url()])
+        .arg("--ca-bundle")
+        .arg(file("bundle.pem"))
+        .arg("--token-file")
+        .arg(file("token"))
+        .arg("--mesh")
+        .arg(file("mesh.yaml"))
+        .uid(PROXY_UID);
+    let proxy = pod.spawn(&sidecar).expect("sidecar starts");
+    let ready = eventually(Duration::from_secs(30), || {
+        let (body, _) = curl(pod, "GET", "http://127.0.0.1:15020/ready");
+        body.ends_with("200")
+    });
+    assert!(ready, "{}", proxy.logs());
+    proxy
 }

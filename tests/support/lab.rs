@@ -75,3 +75,14 @@ pub fn curl(pod: &Pod<'_>, method: &str, url: &str) -> (String, Output) {
     );
     (stdout(&out), out)
 }
+
+/// A plain TCP client (bash's /dev/tcp): read the greeting, send a line,
+/// read the echo.
+pub fn talk(pod: &Pod<'_>, addr: SocketAddr, line: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} || exit 1; timeout 5 head -n1 <&3; echo '{line}' >&3; timeout 5 head -n1 <&3",
+        addr.ip(),
+        addr.port()
+    );
+    stdout(&run(pod, "bash", &["-c", &script]))
+}

@@ -13,6 +13,12 @@ pub fn require_capture_or_skip() -> bool {
     decide(ward::pods::capture_availability())
 }
 
+/// As [`require_pods_or_skip`], and iptables is there for cluster IPs
+/// (`Testbed::set_cluster_ip`).
+pub fn require_cluster_ips_or_skip() -> bool {
+    decide(ward::pods::availability().and_then(|()| ward::intercept::backend::availability()))
+}
+
 /// Pods with transparent interception (`ward init`, so iptables) and the
 /// unmodified clients the tests run in them (curl, bash, python3).
 pub fn require_transparent_or_skip() -> bool {
