@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::process::{self, WardProcess};
 use ward_config::SpiffeId;
 use ward_proxy::identity::csr::new_key_and_csr;
 use ward_proxy::identity::{CaClient, CaClientError, Svid};
@@ -239,19 +239,8 @@ fn init_encrypts_keys_refuses_overwrite_and_reports_wrong_passphrase() {
     );
 }
 
-/// Kills the child on drop so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `ward ca serve` on an ephemeral port and returns it with its URL,
-/// read from the JSON log line announcing the listener.
-fn serve(dir: &str, pass: &str, audit: &str) -> (Server, String) {
+/// Starts `ward ca serve` on an ephemeral port and returns it with its URL.
+fn serve(dir: &str, pass: &str, audit: &str) -> (WardProcess, String) {
     serve_with(dir, pass, audit, &[], &[])
 }
 
@@ -262,42 +251,21 @@ fn serve_with(
     audit: &str,
     flags: &[&str],
     env: &[(&str, &str)],
-) -> (Server, String) {
-    let mut child = ward(&[
-        "--log-format",
-        "json",
-        "ca",
-        "serve",
-        "--dir",
-        dir,
-        "--passphrase-file",
-        pass,
-        "--listen",
-        "127.0.0.1:0",
-        "--audit-log",
-        audit,
-    ])
-    .args(flags)
-    .envs(env.iter().copied())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["fields"]["listen"].as_str() {
-                let _ = tx.send(listen.to_string());
-            }
-        }
-    });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve announced its listener");
-    (Server(child), format!("https://{listen}"))
+) -> (WardProcess, String) {
+    let args = [
+        &[
+            "--dir",
+            dir,
+            "--passphrase-file",
+            pass,
+            "--audit-log",
+            audit,
+        ],
+        flags,
+    ]
+    .concat();
+    let (server, addr) = process::ca_serve(&args, env);
+    (server, format!("https://{addr}"))
 }
 
 #[tokio::test]

@@ -3,67 +3,26 @@
 //! malformed requests answered with 4xx while it keeps serving, each
 //! answer counted on `/metrics`, and a clean exit on SIGTERM.
 
+mod support;
 mod webhook;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
+use support::process::{self, WardProcess};
 use webhook::{Pair, assert_reviews, client, post, request, sample, scrape};
-
-/// Kills the child on drop so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `ward injector` on an ephemeral port with a fresh certificate for
 /// `localhost`; returns it, its address and that certificate.
-fn start(dir: &Path) -> (Server, SocketAddr, Pair) {
+fn start(dir: &Path) -> (WardProcess, SocketAddr, Pair) {
     let pair = Pair::valid();
     let files = pair.write(dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args([
-            "--log-format",
-            "json",
-            "injector",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--tls-cert")
-        .arg(&files.cert)
-        .arg("--tls-key")
-        .arg(&files.key)
-        .args(["--tls-reload-interval", "1s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ward injector");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            assert!(!line.contains("panicked"), "ward panicked: {line}");
-            let Ok(json) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["fields"]["listen"].as_str() {
-                let _ = tx.send(listen.to_string());
-            }
-        }
-    });
-    let server = Server(child);
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the injector announced its listener");
-    (server, listen.parse().unwrap(), pair)
+    let (server, addr) = process::injector(&files.cert, &files.key);
+    (server, addr, pair)
 }
 
 #[tokio::test]

@@ -1,12 +1,18 @@
-//! deploy/grafana and deploy/prometheus against the real thing: a CA and
-//! two sidecars run on loopback, real traffic makes every metric family
-//! the dashboard queries appear (the prometheus crate shows a labelled
-//! family only once it has a series), and then every `ward_*` name, label
-//! matcher, `by (...)` label and legend label of the dashboard must exist
-//! in those scrapes. `promtool check metrics` lints the scrapes and
-//! `promtool check config` the scrape configuration.
+//! deploy/grafana and deploy/prometheus against the real thing: the CA (the
+//! built `ward ca serve`, taking join tokens and ServiceAccount tokens that
+//! a stand-in Kubernetes API reviews), two sidecars and the built
+//! `ward injector` run on loopback, real traffic and AdmissionReviews make
+//! every metric family the dashboard queries appear (the prometheus crate
+//! shows a labelled family only once it has a series), and then every
+//! metric name, label matcher, `by (...)` label and legend label of the
+//! dashboard and of the alerting rules must exist in those scrapes, with
+//! the labels Prometheus adds to the job that scrapes them. `promtool check
+//! metrics` lints the scrapes, `promtool check config` the scrape
+//! configuration, `promtool check rules` and `promtool test rules` the
+//! alerts.
 
 mod support;
+mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -16,8 +22,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::apps::{http_app, http1_requests};
+use support::kube_api::{Answer, FakeKubeApi, jwt};
 use support::mesh::*;
-use support::{https, tools};
+use support::{https, process, tools};
+use ward_proxy::identity::csr::new_key_and_csr;
+use ward_proxy::identity::{CaClient, CaClientError};
+use webhook::{Pair, assert_reviews, metric, post, sample, scrape};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,40 +44,96 @@ fn yaml(path: &Path) -> Value {
     serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Labels Prometheus adds to every ward target (prometheus.yml's
-/// target_labels, plus job and instance), so they never show in a scrape.
-fn target_labels() -> BTreeSet<String> {
+/// Label names, each with the values seen (none: any value).
+type Labels = BTreeMap<String, BTreeSet<String>>;
+
+/// The jobs of prometheus.yml, by name.
+fn jobs() -> BTreeMap<String, Value> {
     let config = yaml(&deploy("prometheus/prometheus.yml"));
-    let proxies = &config["scrape_configs"][0];
-    assert_eq!(proxies["job_name"], "ward-proxies");
-    let mut labels: BTreeSet<String> = proxies["relabel_configs"]
+    config["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["job_name"].as_str().unwrap().to_string(), j.clone()))
+        .collect()
+}
+
+/// Labels Prometheus adds to every series of `job` (its relabelling's
+/// target labels, plus job and instance), so they never show in a scrape.
+fn target_labels(job: &Value) -> Labels {
+    let mut labels: Labels = job["relabel_configs"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|r| r["target_label"].as_str())
         .filter(|l| !l.starts_with("__"))
-        .map(String::from)
+        .map(|l| (l.to_string(), BTreeSet::new()))
         .collect();
-    labels.extend(["job".to_string(), "instance".to_string()]);
+    let name = job["job_name"].as_str().unwrap().to_string();
+    labels.insert("job".into(), BTreeSet::from([name]));
+    labels.insert("instance".into(), BTreeSet::new());
     labels
 }
 
-/// Every PromQL expression of the dashboard with its legend, and the
-/// template variables' queries (legend empty).
-fn queries(dash: &Value) -> Vec<(String, String)> {
+/// A query and the labels its result must carry: the dashboard's
+/// expressions with their legends, its template variables' queries, and
+/// the alerts with the `$labels` their annotations print.
+struct Query {
+    expr: String,
+    shows: Vec<String>,
+}
+
+fn queries(dash: &Value) -> Vec<Query> {
     let mut out = Vec::new();
     for panel in dash["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().into_iter().flatten() {
             let legend = t["legendFormat"].as_str().unwrap_or_default();
-            out.push((t["expr"].as_str().unwrap().to_string(), legend.to_string()));
+            out.push(Query {
+                expr: t["expr"].as_str().unwrap().to_string(),
+                shows: legend_labels(legend),
+            });
         }
     }
     for var in dash["templating"]["list"].as_array().unwrap() {
         if let Some(q) = var["query"]["query"].as_str() {
-            out.push((q.to_string(), String::new()));
+            out.push(Query {
+                expr: q.to_string(),
+                shows: Vec::new(),
+            });
         }
     }
     out
+}
+
+fn alerts() -> Vec<Value> {
+    let rules = yaml(&deploy("prometheus/alerts.yaml"));
+    rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect()
+}
+
+fn alert_queries() -> Vec<Query> {
+    alerts()
+        .iter()
+        .map(|rule| Query {
+            expr: rule["expr"].as_str().unwrap().to_string(),
+            shows: rule["annotations"]
+                .as_object()
+                .unwrap()
+                .values()
+                .flat_map(|text| {
+                    let text = text.as_str().unwrap();
+                    text.split("$labels.")
+                        .skip(1)
+                        .map(|s| ident_at(s).to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn ident_at(text: &str) -> &str {
@@ -77,26 +143,41 @@ fn ident_at(text: &str) -> &str {
     &text[..end]
 }
 
-/// (metric name, label names in its selector) for each `ward_*` selector.
-fn selectors(expr: &str) -> Vec<(&str, Vec<&str>)> {
+/// A label matcher: label, operator (`=`, `!=`, `=~`, `!~`), value.
+type Matcher<'a> = (&'a str, &'a str, &'a str);
+
+/// (metric name, label matchers) for each selector of a `ward_*` metric
+/// or of `up`.
+fn selectors(expr: &str) -> Vec<(&str, Vec<Matcher<'_>>)> {
     let mut found = Vec::new();
-    for (at, _) in expr.match_indices("ward_") {
-        let before = expr[..at].chars().next_back();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+    let mut at = 0;
+    while let Some(c) = expr[at..].chars().next() {
+        let name = ident_at(&expr[at..]);
+        if name.is_empty() {
+            at += c.len_utf8();
             continue;
         }
-        let name = ident_at(&expr[at..]);
-        let rest = &expr[at + name.len()..];
-        let labels = match rest.strip_prefix('{') {
+        at += name.len();
+        let rest = &expr[at..];
+        if !(name.starts_with("ward_") || (name == "up" && rest.starts_with('{'))) {
+            continue;
+        }
+        let matchers = match rest.strip_prefix('{') {
             Some(body) => body[..body.find('}').unwrap()]
                 .split(',')
-                .map(|m| m.trim())
+                .map(str::trim)
                 .filter(|m| !m.is_empty())
-                .map(ident_at)
+                .map(|m| {
+                    let label = ident_at(m);
+                    let rest = m[label.len()..].trim_start();
+                    let op_len = rest.find('"').unwrap();
+                    let value = rest[op_len..].trim_matches('"');
+                    (label, rest[..op_len].trim(), value)
+                })
                 .collect(),
             None => Vec::new(),
         };
-        found.push((name, labels));
+        found.push((name, matchers));
     }
     found
 }
@@ -112,17 +193,17 @@ fn by_labels(expr: &str) -> BTreeSet<&str> {
 }
 
 /// `{{label}}` references of a legend.
-fn legend_labels(legend: &str) -> Vec<&str> {
+fn legend_labels(legend: &str) -> Vec<String> {
     legend
         .split("{{")
         .skip(1)
-        .map(|s| s[..s.find("}}").unwrap()].trim())
+        .map(|s| s[..s.find("}}").unwrap()].trim().to_string())
         .collect()
 }
 
-/// Series names and their label names in a Prometheus text scrape.
-fn families(scrape: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// Series names in a Prometheus text scrape, with their labels.
+fn families(scrape: &str) -> BTreeMap<String, Labels> {
+    let mut out: BTreeMap<String, Labels> = BTreeMap::new();
     for line in scrape
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -132,7 +213,9 @@ fn families(scrape: &str) -> BTreeMap<String, BTreeSet<String>> {
         if let Some(body) = line[name.len()..].strip_prefix('{') {
             // Label values here are SPIFFE IDs, codes and words: no `",`.
             for pair in body[..body.rfind('}').unwrap()].split("\",") {
-                labels.insert(ident_at(pair).to_string());
+                let (label, value) = pair.split_once("=\"").unwrap();
+                let value = value.trim_end_matches('"').to_string();
+                labels.entry(label.to_string()).or_default().insert(value);
             }
         }
     }
@@ -190,6 +273,12 @@ fn the_dashboard_is_well_formed() {
         "TLS handshake errors by reason (sidecars)",
         "Soonest SVID expiry",
         "SVIDs issued and refused",
+        "ServiceAccount TokenReviews by result",
+        "TokenReview latency (Kubernetes API)",
+        "SVID refusals in the time range, by reason",
+        "Injector reviews by result",
+        "Injector serving certificate time left",
+        "Injector certificate reload failures",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted:?}");
     }
@@ -221,12 +310,39 @@ fn promtool_check_metrics(tool: &str, what: &str, scrape: &str) {
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// CA + orders (HTTP app, GET allowed, the rest denied by default) + web
-/// forwarding to it; traffic that makes every family show: allowed and
-/// denied requests, failed handshakes, non-HTTP bytes refused, an SVID request
-/// the CA refuses. Returns the scrapes (CA, orders, web).
-async fn scrapes_after_traffic() -> [String; 3] {
-    let ca = TestCa::start(DAY).await;
+/// A scrape of one ward process, and the job of prometheus.yml that
+/// scrapes its kind.
+struct Scrape {
+    job: &'static str,
+    what: &'static str,
+    text: String,
+}
+
+/// The CA as deployed (`ward ca serve`, ServiceAccount tokens reviewed by a
+/// stand-in Kubernetes API, and join tokens for the sidecars here), orders
+/// (HTTP app, GET allowed, the rest denied by default), web forwarding to
+/// it, and `ward injector`; traffic that makes every family show: allowed
+/// and denied requests, failed handshakes, non-HTTP bytes refused, SVID
+/// requests the CA refuses, a ServiceAccount token accepted and one
+/// refused, and AdmissionReviews with every answer but `error`.
+async fn scrapes_after_traffic() -> Vec<Scrape> {
+    let api = FakeKubeApi::start().await;
+    let mut ca = TestCa::new(DAY);
+    let kubeconfig = ca.tmp.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let home = ca.tmp.path().to_str().unwrap().to_string();
+    let _ca_process = ca.serve_binary(
+        &[
+            "--authenticator",
+            "kubernetes,join-token",
+            "--token-audience",
+            "ward",
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("HOME", &home),
+        ],
+    );
     let app = http_app().await;
     let path = ca.tmp.path().join("mesh.yaml");
     let orders_id = workload("orders");
@@ -259,6 +375,25 @@ async fn scrapes_after_traffic() -> [String; 3] {
     let refused = https::request(ca.addr, "127.0.0.1", &ca.bundle_pem, "POST", "/v1/svid").await;
     assert_eq!(refused.map(|r| r.0), Ok(401));
 
+    // A pod's ServiceAccount token the API server vouches for, and one it
+    // does not (expired): two TokenReviews, one SVID, one refusal.
+    let (accepted, expired) = (jwt("web"), jwt("expired"));
+    api.answer(&accepted, Answer::Recorded(201, "authenticated"));
+    api.answer(&expired, Answer::Recorded(201, "expired"));
+    let ca_client = CaClient::new(&ca.url(), &ca.bundle_pem).unwrap();
+    let (_, csr) = new_key_and_csr(&workload("web")).unwrap();
+    assert!(ca_client.request_svid(&accepted, &csr).await.is_ok());
+    match ca_client.request_svid(&expired, &csr).await {
+        Err(CaClientError::Refused { status, reason, .. }) => {
+            assert_eq!(
+                (status.as_u16(), reason.as_str()),
+                (401, "token_unauthenticated")
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(api.seen().len(), 2, "join tokens are not reviewed");
+
     let counted = poll(Duration::from_secs(5), || async {
         let text = orders.metrics().await;
         text.contains("ward_tls_handshake_errors_total{direction=\"inbound\"")
@@ -268,34 +403,117 @@ async fn scrapes_after_traffic() -> [String; 3] {
     let ca_scrape = https::request(ca.addr, "127.0.0.1", &ca.bundle_pem, "GET", "/metrics").await;
     let (status, ca_scrape) = ca_scrape.unwrap();
     assert_eq!(status, 200);
-    [ca_scrape, orders.metrics().await, web.metrics().await]
+    for (series, value) in [
+        ("ward_ca_token_reviews_total{result=\"authenticated\"}", 1.0),
+        (
+            "ward_ca_token_reviews_total{result=\"unauthenticated\"}",
+            1.0,
+        ),
+        ("ward_ca_token_reviews_total{result=\"error\"}", 0.0),
+        ("ward_ca_token_review_duration_seconds_count", 2.0),
+        (
+            "ward_ca_svid_requests_denied_total{reason=\"token_unauthenticated\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&ca_scrape, series), Some(value), "{series}");
+    }
+
+    let injector_dir = ca.tmp.path().join("injector");
+    std::fs::create_dir(&injector_dir).unwrap();
+    let pair = Pair::valid();
+    let files = pair.write(&injector_dir);
+    let (_injector, addr) = process::injector(&files.cert, &files.key);
+    let tls = webhook::client(&[&pair], rustls::ALL_VERSIONS);
+    for review in [
+        "pod-create.json",
+        "pod-injected.json",
+        "pod-opted-out.json",
+        "pod-bad-annotation.json",
+    ] {
+        let (status, body) = post(addr, &tls, &sample(review)).await;
+        assert_eq!(status, 200, "{review}: {body}");
+    }
+    assert_eq!(post(addr, &tls, b"not json").await.0, 400);
+    let injector_scrape = scrape(addr, &tls).await;
+    assert_reviews(
+        &injector_scrape,
+        &[
+            ("injected", 1.0),
+            ("unchanged", 1.0),
+            ("skipped", 1.0),
+            ("refused", 1.0),
+            ("bad_request", 1.0),
+            ("error", 0.0),
+        ],
+    );
+
+    vec![
+        Scrape {
+            job: "ward-ca",
+            what: "CA",
+            text: ca_scrape,
+        },
+        Scrape {
+            job: "ward-proxies",
+            what: "orders sidecar",
+            text: orders.metrics().await,
+        },
+        Scrape {
+            job: "ward-proxies",
+            what: "web sidecar",
+            text: web.metrics().await,
+        },
+        Scrape {
+            job: "ward-injector",
+            what: "injector",
+            text: injector_scrape,
+        },
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_queries_only_what_a_running_mesh_exports() {
+async fn the_dashboard_and_alerts_query_only_what_a_running_ward_exports() {
     let scrapes = scrapes_after_traffic().await;
-    let mut exported: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let jobs = jobs();
+    // What Prometheus stores: each scrape's series plus its job's labels,
+    // and `up` for every job.
+    let mut exported: BTreeMap<String, Labels> = BTreeMap::new();
     for scrape in &scrapes {
-        for (name, labels) in families(scrape) {
-            exported.entry(name).or_default().extend(labels);
+        let added = target_labels(&jobs[scrape.job]);
+        for (name, labels) in families(&scrape.text) {
+            let known = exported.entry(name).or_default();
+            for (label, values) in labels.into_iter().chain(added.clone()) {
+                known.entry(label).or_default().extend(values);
+            }
         }
     }
-    let targets = target_labels();
-    let mut used = BTreeSet::new();
-    for (expr, legend) in queries(&dashboard()) {
-        let mut available: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
-        for (name, labels) in selectors(&expr) {
+    for job in jobs.values() {
+        let up = exported.entry("up".into()).or_default();
+        for (label, values) in target_labels(job) {
+            up.entry(label).or_default().extend(values);
+        }
+    }
+    let dash = dashboard();
+    for Query { expr, shows } in queries(&dash).into_iter().chain(alert_queries()) {
+        let mut available: BTreeSet<&str> = BTreeSet::new();
+        for (name, matchers) in selectors(&expr) {
             let Some(known) = exported.get(name) else {
                 panic!("{name} is not exported by a running ward (in: {expr})");
             };
-            used.insert(name.to_string());
-            for label in labels {
-                assert!(
-                    known.contains(label) || targets.contains(label),
-                    "{name} has no label {label:?} (in: {expr})"
-                );
+            for (label, op, value) in matchers {
+                let Some(values) = known.get(label) else {
+                    panic!("{name} has no label {label:?} (in: {expr})");
+                };
+                // An exact value must be one ward (or the job) gives it.
+                if op == "=" && !value.contains('$') && !values.is_empty() {
+                    assert!(
+                        values.contains(value),
+                        "{name}{{{label}=\"{value}\"}} never occurs, only {values:?} (in: {expr})"
+                    );
+                }
             }
-            available.extend(known.iter().map(String::as_str));
+            available.extend(known.keys().map(String::as_str));
         }
         let grouped = by_labels(&expr);
         for label in &grouped {
@@ -304,19 +522,25 @@ async fn the_dashboard_queries_only_what_a_running_mesh_exports() {
                 "by ({label}) is no label here: {expr}"
             );
         }
-        for label in legend_labels(&legend) {
+        for label in &shows {
             let kept = if grouped.is_empty() {
-                available.contains(label)
+                available.contains(label.as_str())
             } else {
-                grouped.contains(label)
+                grouped.contains(label.as_str())
             };
-            assert!(
-                kept,
-                "legend {{{{{label}}}}} is not a label of the result: {expr}"
-            );
+            assert!(kept, "{{{{{label}}}}} is not a label of the result: {expr}");
         }
     }
-    // The golden signals, denials, TLS errors, expiry and the CA are there.
+    // The golden signals, denials, TLS errors, expiry, the CA and its
+    // TokenReviews, and the injector are on the dashboard.
+    let shown: BTreeSet<String> = queries(&dash)
+        .iter()
+        .flat_map(|q| {
+            selectors(&q.expr)
+                .into_iter()
+                .map(|(name, _)| name.to_string())
+        })
+        .collect();
     for family in [
         "ward_http_requests_total",
         "ward_http_request_duration_seconds_bucket",
@@ -327,15 +551,20 @@ async fn the_dashboard_queries_only_what_a_running_mesh_exports() {
         "ward_ca_svids_issued_total",
         "ward_ca_svid_requests_denied_total",
         "ward_ca_intermediate_expiry_seconds",
+        "ward_ca_token_reviews_total",
+        "ward_ca_token_review_duration_seconds_bucket",
+        "ward_injector_reviews_total",
+        "ward_injector_cert_expiration_timestamp_seconds",
+        "ward_injector_cert_reloads_total",
     ] {
         assert!(
-            used.contains(family),
+            shown.contains(family),
             "the dashboard does not show {family}"
         );
     }
     if let Some(promtool) = tools::promtool() {
-        for (what, scrape) in ["CA", "orders sidecar", "web sidecar"].iter().zip(&scrapes) {
-            promtool_check_metrics(&promtool, what, scrape);
+        for scrape in &scrapes {
+            promtool_check_metrics(&promtool, scrape.what, &scrape.text);
         }
     }
 }
@@ -371,6 +600,11 @@ fn promtool_check_config(tool: &str, config: &Path) {
         config.display()
     );
     let mut value = yaml(config);
+    // The copy is elsewhere: the rule files by their full path.
+    for file in value["rule_files"].as_array_mut().unwrap() {
+        let path = config.parent().unwrap().join(file.as_str().unwrap());
+        *file = Value::String(path.to_str().unwrap().to_string());
+    }
     for job in value["scrape_configs"].as_array_mut().unwrap() {
         let job = job.as_object_mut().unwrap();
         assert!(job.remove("kubernetes_sd_configs").is_some());
@@ -398,16 +632,7 @@ fn the_scrape_config_passes_promtool_and_finds_what_ward_runs() {
     if let Some(promtool) = tools::promtool() {
         promtool_check_config(&promtool, &deploy("prometheus/prometheus.yml"));
     }
-    let config = yaml(&deploy("prometheus/prometheus.yml"));
-    let job = |name: &str| {
-        config["scrape_configs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["job_name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let jobs = jobs();
     let keep = |job: &Value, source: &str| -> String {
         let rule = job["relabel_configs"]
             .as_array()
@@ -438,14 +663,14 @@ fn the_scrape_config_passes_promtool_and_finds_what_ward_runs() {
         .find(|c| c["name"] == "ward-proxy")
         .unwrap();
     let port = &proxy["ports"][0];
-    let proxies = job("ward-proxies");
+    let proxies = &jobs["ward-proxies"];
     assert_eq!(
-        keep(&proxies, "__meta_kubernetes_pod_container_name"),
+        keep(proxies, "__meta_kubernetes_pod_container_name"),
         format!("ward-proxy;{}", port["name"].as_str().unwrap())
     );
     assert_eq!(
         keep(
-            &proxies,
+            proxies,
             "__meta_kubernetes_pod_annotation_prometheus_io_scrape"
         ),
         pod["metadata"]["annotations"]["prometheus.io/scrape"]
@@ -457,29 +682,99 @@ fn the_scrape_config_passes_promtool_and_finds_what_ward_runs() {
         port["containerPort"].to_string().as_str()
     );
 
-    // The CA job keeps the CA's pods and port, and verifies a name its certificate has.
-    let ca = yaml(&deploy("base/ca-deployment.yaml"));
-    let template = &ca["spec"]["template"];
-    let container = &template["spec"]["containers"][0];
-    let ca_job = job("ward-ca");
-    assert_eq!(ca_job["scheme"], "https");
-    let app = template["metadata"]["labels"]["app.kubernetes.io/name"]
-        .as_str()
-        .unwrap();
-    let port_name = container["ports"][0]["name"].as_str().unwrap();
-    assert_eq!(
-        keep(
-            &ca_job,
-            "__meta_kubernetes_pod_label_app_kubernetes_io_name"
-        ),
-        format!("{app};{port_name}")
-    );
+    // The CA and injector jobs keep their Deployment's pods and port, in
+    // its namespace, over HTTPS; returns the Deployment's container.
+    let https_job = |job: &Value, deployment: &str| -> Value {
+        let deployment = yaml(&deploy(deployment));
+        let template = &deployment["spec"]["template"];
+        let container = &template["spec"]["containers"][0];
+        assert_eq!(job["scheme"], "https");
+        let app = template["metadata"]["labels"]["app.kubernetes.io/name"]
+            .as_str()
+            .unwrap();
+        let port_name = container["ports"][0]["name"].as_str().unwrap();
+        assert_eq!(
+            keep(job, "__meta_kubernetes_pod_label_app_kubernetes_io_name"),
+            format!("{app};{port_name}")
+        );
+        let namespaces = &job["kubernetes_sd_configs"][0]["namespaces"]["names"];
+        assert_eq!(namespaces[0], deployment["metadata"]["namespace"]);
+        container.clone()
+    };
+
+    // The CA job verifies a name the CA's certificate has.
+    let ca_job = &jobs["ward-ca"];
+    let container = https_job(ca_job, "base/ca-deployment.yaml");
     let sans = flag_values(container["args"].as_array().unwrap(), "--san");
     let server_name = ca_job["tls_config"]["server_name"].as_str().unwrap();
     assert!(
         sans.contains(&server_name),
         "{server_name} is not among {sans:?}"
     );
-    let namespaces = &ca_job["kubernetes_sd_configs"][0]["namespaces"]["names"];
-    assert_eq!(namespaces[0], ca["metadata"]["namespace"]);
+
+    // The injector job verifies the name the API server verifies (the
+    // webhook's Service), which the operator's certificate has (README,
+    // section 2), against a CA of its own: ward's CA does not sign it.
+    let injector_job = &jobs["ward-injector"];
+    https_job(injector_job, "base/injector-deployment.yaml");
+    let webhook = yaml(&deploy("base/injector-webhook.yaml"));
+    let service = &webhook["webhooks"][0]["clientConfig"]["service"];
+    let service_name = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap(),
+        service["namespace"].as_str().unwrap()
+    );
+    assert_eq!(
+        injector_job["tls_config"]["server_name"],
+        service_name.as_str()
+    );
+    let readme = std::fs::read_to_string(deploy("README.md")).unwrap();
+    assert!(readme.contains(&format!("subjectAltName=DNS:{service_name}")));
+    assert!(readme.contains(&format!("`[{service_name}]`")));
+    assert_ne!(
+        injector_job["tls_config"]["ca_file"],
+        ca_job["tls_config"]["ca_file"]
+    );
+}
+
+/// `promtool check rules` and the rules' unit tests (`promtool test
+/// rules`): each alert fires on the series it is about, after its `for`,
+/// with its annotations, and not on healthy ones.
+#[test]
+fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
+    // Each alert is unit-tested, firing and quiet.
+    let tests = yaml(&deploy("prometheus/alerts_test.yaml"));
+    let cases: Vec<&Value> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().unwrap())
+        .collect();
+    for rule in alerts() {
+        let name = rule["alert"].as_str().unwrap();
+        for firing in [true, false] {
+            assert!(
+                cases.iter().any(|c| c["alertname"] == name
+                    && c["exp_alerts"].as_array().unwrap().is_empty() != firing),
+                "no unit test of {name} {}",
+                if firing { "firing" } else { "staying quiet" }
+            );
+        }
+    }
+    let Some(promtool) = tools::promtool() else {
+        return;
+    };
+    for (command, file) in [("check", "alerts.yaml"), ("test", "alerts_test.yaml")] {
+        let out = Command::new(&promtool)
+            .args([command, "rules"])
+            .arg(deploy("prometheus").join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {command} rules {file}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! A loopback mesh for end-to-end tests: an in-process CA serving HTTPS,
-//! sidecars (`ward_proxy::Proxy`) in explicit mode, and echo apps. Every
-//! wait is bounded.
+//! A loopback mesh for end-to-end tests: a CA serving HTTPS (in-process,
+//! or the built `ward ca serve`), sidecars (`ward_proxy::Proxy`) in
+//! explicit mode, and echo apps. Every wait is bounded.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ use ward_proxy::identity::{CaClient, IdentityConfig};
 use ward_proxy::settings::{Forward, Inbound, Limits, ProxySettings};
 use ward_proxy::{Proxy, Shared};
 
+use super::process::WardProcess;
+
 pub const TD: &str = "mesh.test";
 
 /// A CA directory plus, while started, its HTTPS server.
@@ -38,18 +40,35 @@ pub struct TestCa {
 impl TestCa {
     /// Creates a CA and serves it on an ephemeral loopback port.
     pub async fn start(svid_ttl: Duration) -> Self {
+        let mut ca = Self::new(svid_ttl);
+        ca.serve().await;
+        ca
+    }
+
+    /// Creates a CA without serving it yet.
+    pub fn new(svid_ttl: Duration) -> Self {
         let (tmp, dir, _) = super::ca(TD);
         let bundle_pem = std::fs::read_to_string(dir.path(ward_ca::store::TRUST_BUNDLE)).unwrap();
-        let mut ca = Self {
+        Self {
             tmp,
             dir,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             bundle_pem,
             svid_ttl,
             server: None,
-        };
-        ca.serve().await;
-        ca
+        }
+    }
+
+    /// Serves the CA with the built `ward ca serve ARGS` (`env` added to
+    /// its environment) on an ephemeral loopback port, instead of
+    /// in-process; it runs until the returned process is dropped.
+    pub fn serve_binary(&mut self, args: &[&str], env: &[(&str, &str)]) -> WardProcess {
+        let dir = self.tmp.path().to_str().unwrap();
+        let ttl = format!("{}s", self.svid_ttl.as_secs());
+        let args = [&["--dir", dir, "--svid-ttl", &ttl], args].concat();
+        let (process, addr) = super::process::ca_serve(&args, env);
+        self.addr = addr;
+        process
     }
 
     pub fn url(&self) -> String {

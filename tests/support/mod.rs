@@ -9,6 +9,7 @@ pub mod kube_api;
 pub mod lab;
 pub mod mesh;
 pub mod pods;
+pub mod process;
 pub mod tools;
 
 use std::sync::Arc;
