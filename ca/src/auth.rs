@@ -48,7 +48,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Bounded label for `ward_ca_svid_denials_total{reason}`.
+    /// Bounded label for `ward_ca_svid_requests_denied_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Malformed(_) => "malformed_token",
