@@ -89,6 +89,9 @@ impl CaMetrics {
             "Seconds until the signing (intermediate) CA certificate expires.",
         )
         .expect("valid metric");
+        for reason in crate::service::DENY_LABELS {
+            denied.with_label_values(&[reason]);
+        }
         for m in [
             Box::new(issued.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(denied.clone()),

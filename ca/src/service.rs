@@ -49,6 +49,35 @@ pub enum DenyReason {
     Unavailable(String),
 }
 
+/// Every value [`DenyReason::label`] can take: the metric exports each at 0
+/// from the start, so `increase()` sees the first refusal of a kind.
+pub const DENY_LABELS: [&str; 24] = [
+    "missing_authorization",
+    "malformed_authorization",
+    "malformed_token",
+    "bad_token_signature",
+    "token_expired",
+    "token_not_yet_valid",
+    "wrong_trust_domain",
+    "invalid_token_identity",
+    "token_unauthenticated",
+    "wrong_audience",
+    "not_a_service_account",
+    "authenticator_disabled",
+    "authenticator_unavailable",
+    "malformed_csr",
+    "bad_csr_signature",
+    "unsupported_algorithm",
+    "weak_key",
+    "uri_san_count",
+    "invalid_spiffe_id",
+    "csr_wrong_trust_domain",
+    "identity_mismatch",
+    "body_too_large",
+    "request_timeout",
+    "unavailable",
+];
+
 impl DenyReason {
     /// Bounded label for `ward_ca_svid_requests_denied_total{reason}`.
     pub fn label(&self) -> &'static str {
@@ -250,4 +279,63 @@ fn bearer_token(header: Option<&[u8]>) -> Result<&str, DenyReason> {
         return Err(DenyReason::MalformedAuthorization);
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant (and of each auth/CSR refusal): their labels are
+    /// exactly [`DENY_LABELS`], so the metric's zeros cover every reason.
+    #[test]
+    fn deny_labels_list_every_reason_once() {
+        let id = SpiffeId::parse("spiffe://td/x").unwrap();
+        let auth = [
+            AuthError::Malformed("x"),
+            AuthError::BadSignature,
+            AuthError::Expired(String::new()),
+            AuthError::NotYetValid,
+            AuthError::WrongTrustDomain(String::new()),
+            AuthError::InvalidIdentity(String::new()),
+            AuthError::Unauthenticated(String::new()),
+            AuthError::WrongAudience {
+                expected: String::new(),
+                got: vec![],
+            },
+            AuthError::NotServiceAccount(String::new()),
+            AuthError::Disabled("x"),
+            AuthError::Unavailable(String::new()),
+        ];
+        let csr = [
+            CsrError::NotPem,
+            CsrError::BadSignature,
+            CsrError::UnsupportedAlgorithm(String::new()),
+            CsrError::WeakKey(String::new()),
+            CsrError::NoSpiffeId,
+            CsrError::InvalidId(SpiffeId::parse("bad").unwrap_err()),
+        ];
+        let mut reasons: Vec<DenyReason> = vec![
+            DenyReason::MissingAuthorization,
+            DenyReason::MalformedAuthorization,
+            DenyReason::CsrTrustDomain {
+                requested: id.clone(),
+                expected: String::new(),
+            },
+            DenyReason::IdentityMismatch {
+                authorized: id.clone(),
+                requested: id,
+            },
+            DenyReason::BodyTooLarge(1),
+            DenyReason::Timeout,
+            DenyReason::Unavailable(String::new()),
+        ];
+        reasons.extend(auth.into_iter().map(DenyReason::Auth));
+        reasons.extend(csr.into_iter().map(DenyReason::Csr));
+        let mut labels: Vec<&str> = reasons.iter().map(DenyReason::label).collect();
+        labels.sort_unstable();
+        let mut listed = DENY_LABELS.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        assert_eq!(labels, listed);
+    }
 }
