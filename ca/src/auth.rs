@@ -4,6 +4,7 @@
 //! ServiceAccount tokens (`kubernetes`); [`ByForm`] lets one CA take both.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use ward_config::SpiffeId;
@@ -41,6 +42,12 @@ pub enum AuthError {
     WrongAudience { expected: String, got: Vec<String> },
     #[error("the token belongs to {0:?}, not to a ServiceAccount")]
     NotServiceAccount(String),
+    #[error(
+        "the token is not bound to a pod (e.g. made by `kubectl create token`): this CA takes pods' projected tokens only"
+    )]
+    NotPodBound,
+    #[error("too many token reviews from this client; retry later")]
+    RateLimited,
     #[error("{0} are not accepted by this CA (see --authenticator)")]
     Disabled(&'static str),
     #[error("the token cannot be checked right now, retry later: {0}")]
@@ -60,6 +67,8 @@ impl AuthError {
             AuthError::Unauthenticated(_) => "token_unauthenticated",
             AuthError::WrongAudience { .. } => "wrong_audience",
             AuthError::NotServiceAccount(_) => "not_a_service_account",
+            AuthError::NotPodBound => "token_not_bound_to_pod",
+            AuthError::RateLimited => "token_review_rate_limited",
             AuthError::Disabled(_) => "authenticator_disabled",
             AuthError::Unavailable(_) => "authenticator_unavailable",
         }
@@ -79,8 +88,9 @@ pub type AuthFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Authenticated, AuthError>> + Send + 'a>>;
 
 /// Turns a bearer credential into the identity its holder may receive.
+/// `client` is the caller's address, for per-client limits.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a>;
+    fn authenticate<'a>(&'a self, bearer: &'a str, client: IpAddr) -> AuthFuture<'a>;
 }
 
 /// Picks the checker by the credential's form: `ward1.` is a join token,
@@ -92,14 +102,14 @@ pub struct ByForm {
 }
 
 impl Authenticator for ByForm {
-    fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a> {
+    fn authenticate<'a>(&'a self, bearer: &'a str, client: IpAddr) -> AuthFuture<'a> {
         let (checker, kind) = if bearer.starts_with(crate::token::PREFIX_DOT) {
             (&self.join_tokens, "join tokens")
         } else {
             (&self.kubernetes, "Kubernetes ServiceAccount tokens")
         };
         match checker {
-            Some(checker) => checker.authenticate(bearer),
+            Some(checker) => checker.authenticate(bearer, client),
             None => Box::pin(async move { Err(AuthError::Disabled(kind)) }),
         }
     }

@@ -51,7 +51,7 @@ pub enum DenyReason {
 
 /// Every value [`DenyReason::label`] can take: the metric exports each at 0
 /// from the start, so `increase()` sees the first refusal of a kind.
-pub const DENY_LABELS: [&str; 24] = [
+pub const DENY_LABELS: [&str; 26] = [
     "missing_authorization",
     "malformed_authorization",
     "malformed_token",
@@ -65,6 +65,8 @@ pub const DENY_LABELS: [&str; 24] = [
     "not_a_service_account",
     "authenticator_disabled",
     "authenticator_unavailable",
+    "token_not_bound_to_pod",
+    "token_review_rate_limited",
     "malformed_csr",
     "bad_csr_signature",
     "unsupported_algorithm",
@@ -102,6 +104,7 @@ impl DenyReason {
     pub fn status(&self) -> StatusCode {
         match self {
             DenyReason::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            DenyReason::Auth(AuthError::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
             DenyReason::MissingAuthorization
             | DenyReason::MalformedAuthorization
             | DenyReason::Auth(_) => StatusCode::UNAUTHORIZED,
@@ -162,7 +165,7 @@ impl SvidService {
         client: SocketAddr,
     ) -> Result<Issued, Denial> {
         let started = Instant::now();
-        let result = self.decide(authorization, csr_pem).await;
+        let result = self.decide(authorization, csr_pem, client).await;
         match result {
             Ok((issued, identity, token_id)) => {
                 let record = AuditRecord {
@@ -232,9 +235,10 @@ impl SvidService {
         &self,
         authorization: Option<&[u8]>,
         csr_pem: &[u8],
+        client: SocketAddr,
     ) -> Result<(Issued, SpiffeId, String), Denial> {
         let bearer = bearer_token(authorization)?;
-        let auth = self.authenticator.authenticate(bearer).await?;
+        let auth = self.authenticator.authenticate(bearer, client.ip()).await?;
         let with_caller = |reason: DenyReason| Denial {
             reason,
             identity: Some(auth.identity.clone()),
@@ -305,6 +309,8 @@ mod tests {
             AuthError::NotServiceAccount(String::new()),
             AuthError::Disabled("x"),
             AuthError::Unavailable(String::new()),
+            AuthError::NotPodBound,
+            AuthError::RateLimited,
         ];
         let csr = [
             CsrError::NotPem,

@@ -9,6 +9,7 @@
 //! state. A token may be used until it expires (a proxy renews with it), so
 //! keep TTLs short and mint one per workload.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
@@ -162,7 +163,7 @@ impl JoinTokens {
 }
 
 impl Authenticator for JoinTokens {
-    fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a> {
+    fn authenticate<'a>(&'a self, bearer: &'a str, _client: IpAddr) -> AuthFuture<'a> {
         Box::pin(async move { self.verify(bearer, OffsetDateTime::now_utc()) })
     }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use http::StatusCode;
 use ward_ca::auth::{Authenticator, ByForm};
 use ward_ca::authority::Authority;
+use ward_ca::kubernetes::limit::Rate;
 use ward_ca::kubernetes::{ReviewSettings, TokenReviewer};
 use ward_ca::metrics::CaMetrics;
 use ward_ca::token::JoinTokens;
 
-use support::kube_api::{Answer, CA_OWN_TOKEN, FakeKubeApi, TOKENREVIEWS, jwt};
+use support::kube_api::{Answer, CA_OWN_TOKEN, FakeKubeApi, TOKENREVIEWS, jwt, jwt_with};
 use support::*;
 
 const WEB: &str = "spiffe://test.ward/ns/shop/sa/web";
@@ -161,20 +162,32 @@ async fn refused_tokens_get_401_with_the_reason_and_no_certificate() {
 }
 
 #[tokio::test]
-async fn what_is_not_a_jwt_is_refused_without_asking_the_api() {
+async fn what_the_api_would_refuse_anyway_is_refused_without_asking_it() {
     let api = FakeKubeApi::start().await;
     let ca = ca_with(&api).await;
     let (_key, csr) = csr_for(WEB);
-    for token in ["hello", "a.b", &"x.".repeat(5000)] {
+    for (token, reason) in [
+        ("hello".to_string(), "malformed_token"),
+        ("a.b".into(), "malformed_token"),
+        ("x.".repeat(5000), "malformed_token"),
+        (
+            jwt_with("api", "https://kubernetes.default.svc", 3600),
+            "wrong_audience",
+        ),
+        (jwt_with("old", "ward", -3600), "token_expired"),
+    ] {
         ca.expect_denied(
-            Some(&bearer(token)),
+            Some(&bearer(&token)),
             csr.clone(),
             StatusCode::UNAUTHORIZED,
-            "malformed_token",
+            reason,
         )
         .await;
     }
-    assert!(api.seen().is_empty(), "no TokenReview for a non-JWT");
+    assert!(
+        api.seen().is_empty(),
+        "no TokenReview for what the API server would refuse anyway"
+    );
 }
 
 #[tokio::test]
@@ -223,59 +236,110 @@ async fn an_api_server_that_cannot_be_asked_gives_503_then_the_retry_succeeds() 
 }
 
 #[tokio::test]
-async fn a_hanging_api_server_or_no_free_review_slot_is_a_bounded_503() {
+async fn a_hanging_api_server_is_a_bounded_503() {
     let api = FakeKubeApi::start().await;
-    let make = reviewer_with(
-        &api,
-        ReviewSettings {
-            timeout: Duration::from_secs(2),
-            max_in_flight: 1,
-            ..ReviewSettings::new("ward")
-        },
-    );
-    let ca = TestServer::start_authenticated(short_limits(), None, make).await;
+    let settings = ReviewSettings {
+        timeout: Duration::from_millis(500),
+        ..ReviewSettings::new("ward")
+    };
+    let ca =
+        TestServer::start_authenticated(short_limits(), None, reviewer_with(&api, settings)).await;
+    let hang = jwt("hang");
+    api.answer(&hang, Answer::Hang);
+    let (_key, csr) = csr_for(WEB);
+    let resp = ca
+        .expect_denied(
+            Some(&bearer(&hang)),
+            csr,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authenticator_unavailable",
+        )
+        .await;
+    assert!(resp.text().contains("did not answer"), "{}", resp.text());
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    api.release();
+}
+
+#[tokio::test]
+async fn while_every_review_slot_is_busy_new_tokens_are_shed_at_once() {
+    let api = FakeKubeApi::start().await;
+    let settings = ReviewSettings {
+        timeout: Duration::from_secs(60),
+        max_in_flight: 1,
+        ..ReviewSettings::new("ward")
+    };
+    let ca =
+        TestServer::start_authenticated(short_limits(), None, reviewer_with(&api, settings)).await;
     let hang = jwt("hang");
     api.answer(&hang, Answer::Hang);
     let web = jwt("web");
     api.answer(&web, Answer::Recorded(201, "authenticated"));
     let (_key, csr) = csr_for(WEB);
 
-    let resp = ca
-        .expect_denied(
-            Some(&bearer(&hang)),
-            csr.clone(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "authenticator_unavailable",
-        )
-        .await;
-    assert!(resp.text().contains("did not answer"), "{}", resp.text());
-
-    // One slot: while a hanging review holds it, a good token is shed at
-    // once instead of queueing more work on the API server.
+    // The hanging review holds the only slot until the API is released, so
+    // the contender cannot win a race against a timeout.
     let hang_bearer = bearer(&hang);
     let holder = ca.post_svid(Some(&hang_bearer), csr.clone());
     let contender = async {
-        wait_until(|| api.seen().len() >= 2).await;
-        let seen_before = api.seen().len();
-        ca.expect_denied(
-            Some(&bearer(&web)),
-            csr.clone(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "authenticator_unavailable",
-        )
-        .await;
+        wait_until(|| !api.seen().is_empty()).await;
+        let resp = ca
+            .expect_denied(
+                Some(&bearer(&web)),
+                csr.clone(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authenticator_unavailable",
+            )
+            .await;
+        assert!(resp.text().contains("already in flight"), "{}", resp.text());
         assert_eq!(
             api.seen().len(),
-            seen_before,
+            1,
             "no second review while the slot is held"
         );
+        api.release();
     };
     let (held, ()) = tokio::join!(holder, contender);
-    assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(held.status, StatusCode::UNAUTHORIZED, "{}", held.text());
 
     // The slot is free again.
     let resp = ca.post_svid(Some(&bearer(&web)), csr).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn one_client_cannot_spend_the_cas_share_of_the_api_server() {
+    let api = FakeKubeApi::start().await;
+    let settings = ReviewSettings {
+        per_client: Rate {
+            burst: 2,
+            per_minute: 1,
+        },
+        ..ReviewSettings::new("ward")
+    };
+    let ca =
+        TestServer::start_authenticated(short_limits(), None, reviewer_with(&api, settings)).await;
+    let (_key, csr) = csr_for(WEB);
+    for i in 0..2 {
+        // Plausible junk: passes the local precheck, refused by the API.
+        let junk = jwt(&format!("junk-{i}"));
+        ca.expect_denied(
+            Some(&bearer(&junk)),
+            csr.clone(),
+            StatusCode::UNAUTHORIZED,
+            "token_unauthenticated",
+        )
+        .await;
+    }
+    let resp = ca
+        .expect_denied(
+            Some(&bearer(&jwt("junk-2"))),
+            csr,
+            StatusCode::TOO_MANY_REQUESTS,
+            "token_review_rate_limited",
+        )
+        .await;
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    assert_eq!(api.seen().len(), 2, "the third never reached the API");
 }
 
 #[tokio::test]

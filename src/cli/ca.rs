@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// pods' projected token uses `ward`).
     #[arg(long, env = "WARD_CA_TOKEN_AUDIENCE", default_value = "ward")]
     pub token_audience: String,
+    /// Also accept ServiceAccount tokens the API server does not tie to a
+    /// pod (e.g. `kubectl create token`; clusters before 1.30 report none).
+    #[arg(long, env = "WARD_CA_ALLOW_TOKENS_WITHOUT_POD")]
+    pub allow_tokens_without_pod: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -256,12 +260,12 @@ async fn authenticator(
         tracing::info!(api = %config.cluster_url, audience, "checking ServiceAccount tokens with TokenReview");
         let client =
             kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-        let reviewer = TokenReviewer::new(
-            client,
-            ReviewSettings::new(audience),
-            authority.trust_domain().clone(),
-            metrics,
-        );
+        let settings = ReviewSettings {
+            require_pod: !args.allow_tokens_without_pod,
+            ..ReviewSettings::new(audience)
+        };
+        let reviewer =
+            TokenReviewer::new(client, settings, authority.trust_domain().clone(), metrics);
         Some(Box::new(reviewer) as Box<dyn Authenticator>)
     } else {
         None

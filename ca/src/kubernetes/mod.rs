@@ -9,8 +9,10 @@
 //! [`AuthError::Unavailable`], which the CA answers with 503 and
 //! `Retry-After`, and the proxy retries.
 
+pub mod limit;
 pub mod review;
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -21,6 +23,7 @@ use ward_config::TrustDomain;
 
 use crate::auth::{AuthError, AuthFuture, Authenticated, Authenticator};
 use crate::metrics::CaMetrics;
+use limit::{PerClient, Rate};
 
 /// How a review is bounded.
 #[derive(Debug, Clone)]
@@ -32,6 +35,10 @@ pub struct ReviewSettings {
     /// Reviews in flight at once; a request beyond them is answered 503 at
     /// once.
     pub max_in_flight: usize,
+    /// Reviews one client IP may cause.
+    pub per_client: Rate,
+    /// Accept only tokens bound to a pod (Kubernetes 1.30+ reports it).
+    pub require_pod: bool,
 }
 
 impl ReviewSettings {
@@ -40,16 +47,22 @@ impl ReviewSettings {
             audience: audience.into(),
             timeout: Duration::from_secs(5),
             max_in_flight: 32,
+            per_client: Rate {
+                burst: 10,
+                per_minute: 30,
+            },
+            require_pod: true,
         }
     }
 }
 
 /// The `result` label of `ward_ca_token_reviews_total`.
-const RESULTS: [&str; 5] = [
+const RESULTS: [&str; 6] = [
     "authenticated",
     "unauthenticated",
     "wrong_audience",
     "not_a_service_account",
+    "not_bound_to_a_pod",
     "error",
 ];
 
@@ -59,6 +72,7 @@ pub struct TokenReviewer {
     settings: ReviewSettings,
     trust_domain: TrustDomain,
     slots: Semaphore,
+    per_client: PerClient,
     reviews: IntCounterVec,
     seconds: Histogram,
 }
@@ -77,6 +91,7 @@ impl TokenReviewer {
         Self {
             api: Api::all(client),
             slots: Semaphore::new(settings.max_in_flight),
+            per_client: PerClient::new(settings.per_client),
             settings,
             trust_domain,
             reviews: metrics.token_reviews.clone(),
@@ -84,10 +99,15 @@ impl TokenReviewer {
         }
     }
 
-    /// Reviews `token`: shape first (no API call for what is not a JWT), then
+    /// Reviews `token` for `client`: the local precheck first (no API call
+    /// for what the API would refuse anyway), the client's allowance, then
     /// the API, then [`review::interpret`].
-    pub async fn review(&self, token: &str) -> Result<Authenticated, AuthError> {
-        review::check_shape(token)?;
+    pub async fn review(&self, token: &str, client: IpAddr) -> Result<Authenticated, AuthError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        review::precheck(token, &self.settings.audience, now)?;
+        if !self.per_client.allow(client, Instant::now()) {
+            return Err(AuthError::RateLimited);
+        }
         let started = Instant::now();
         let outcome = match tokio::time::timeout(self.settings.timeout, self.ask(token)).await {
             Ok(outcome) => outcome,
@@ -130,14 +150,15 @@ impl TokenReviewer {
         review::interpret(
             answer.status.as_ref(),
             &self.settings.audience,
+            self.settings.require_pod,
             &self.trust_domain,
         )
     }
 }
 
 impl Authenticator for TokenReviewer {
-    fn authenticate<'a>(&'a self, bearer: &'a str) -> AuthFuture<'a> {
-        Box::pin(self.review(bearer))
+    fn authenticate<'a>(&'a self, bearer: &'a str, client: IpAddr) -> AuthFuture<'a> {
+        Box::pin(self.review(bearer, client))
     }
 }
 
@@ -167,6 +188,7 @@ fn result_label(outcome: &Result<Authenticated, AuthError>) -> &'static str {
         Err(AuthError::NotServiceAccount(_) | AuthError::InvalidIdentity(_)) => {
             "not_a_service_account"
         }
+        Err(AuthError::NotPodBound) => "not_bound_to_a_pod",
         Err(_) => "error",
     }
 }

@@ -153,8 +153,12 @@ fn denial_response(denial: &Denial) -> Resp {
         resp.headers_mut()
             .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     }
-    if denial.reason.status() == StatusCode::SERVICE_UNAVAILABLE {
-        // A passing condition (API server, audit disk): tell clients when to come back.
+    if matches!(
+        denial.reason.status(),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        // A passing condition (API server, audit disk, a rate limit): tell
+        // clients when to come back.
         resp.headers_mut().insert(
             RETRY_AFTER,
             http::HeaderValue::from_static(RETRY_AFTER_SECS),

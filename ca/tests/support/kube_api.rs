@@ -21,6 +21,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -34,7 +35,7 @@ pub const CA_OWN_TOKEN: &str = "ward-ca-serviceaccount-token";
 pub enum Answer {
     /// HTTP status and a recording from `ca/tests/data/tokenreview/<name>.json`.
     Recorded(u16, &'static str),
-    /// Never answers (the request stays open until the test ends).
+    /// Answers nothing until [`FakeKubeApi::release`] (then `expired`).
     Hang,
 }
 
@@ -53,15 +54,24 @@ pub struct FakeKubeApi {
     pub ca_der: CertificateDer<'static>,
     config: Arc<ServerConfig>,
     answers: Arc<Mutex<HashMap<String, Answer>>>,
+    release: Arc<Notify>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
 }
 
-/// A JWT-shaped token (what `check_shape` lets through) naming `name`.
+/// A token that passes the CA's local precheck (audience `ward`, valid for
+/// an hour; unsigned, as the stand-in never checks), told apart by `name`.
 pub fn jwt(name: &str) -> String {
+    jwt_with(name, "ward", 3600)
+}
+
+/// As [`jwt`], with audience `aud`, expiring `expires_in` seconds from now.
+pub fn jwt_with(name: &str, aud: &str, expires_in: i64) -> String {
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + expires_in;
+    let claims = serde_json::json!({"aud": [aud], "exp": exp, "ward-test": name});
     format!(
         "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.{}.c2lnbmF0dXJl",
-        URL_SAFE_NO_PAD.encode(name)
+        URL_SAFE_NO_PAD.encode(claims.to_string())
     )
 }
 
@@ -73,6 +83,7 @@ fn recording(name: &str) -> &'static str {
         "audience-unaware" => include_str!("../data/tokenreview/audience-unaware.json"),
         "expired" => include_str!("../data/tokenreview/expired.json"),
         "forbidden" => include_str!("../data/tokenreview/forbidden.json"),
+        "unbound" => include_str!("../data/tokenreview/unbound.json"),
         "user" => include_str!("../data/tokenreview/user.json"),
         "wrong-audience" => include_str!("../data/tokenreview/wrong-audience.json"),
         other => panic!("no recorded TokenReview answer {other:?}"),
@@ -86,6 +97,7 @@ pub struct Stopped {
     ca_der: CertificateDer<'static>,
     config: Arc<ServerConfig>,
     answers: Arc<Mutex<HashMap<String, Answer>>>,
+    release: Arc<Notify>,
 }
 
 impl FakeKubeApi {
@@ -97,6 +109,7 @@ impl FakeKubeApi {
             ca_der,
             config: Arc::new(config),
             answers: Arc::default(),
+            release: Arc::default(),
         }
         .restart()
         .await
@@ -111,7 +124,13 @@ impl FakeKubeApi {
             ca_der: self.ca_der.clone(),
             config: self.config.clone(),
             answers: self.answers.clone(),
+            release: self.release.clone(),
         }
+    }
+
+    /// Lets every request held by [`Answer::Hang`] finish.
+    pub fn release(&self) {
+        self.release.notify_waiters();
     }
 
     /// Answers `token` with `answer` from now on. Unknown tokens get the
@@ -156,7 +175,7 @@ impl Stopped {
         assert!(addr.ip().is_loopback(), "the fake API stays on loopback");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let acceptor = TlsAcceptor::from(self.config.clone());
-        let (answers, s) = (self.answers.clone(), seen.clone());
+        let (answers, release, s) = (self.answers.clone(), self.release.clone(), seen.clone());
         let task = tokio::spawn(async move {
             // Connections live in this set: aborting the task closes them all.
             let mut connections = JoinSet::new();
@@ -164,12 +183,19 @@ impl Stopped {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, answers, seen) = (acceptor.clone(), answers.clone(), s.clone());
+                let (acceptor, answers, release, seen) = (
+                    acceptor.clone(),
+                    answers.clone(),
+                    release.clone(),
+                    s.clone(),
+                );
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = service_fn(move |req| handle(req, answers.clone(), seen.clone()));
+                    let svc = service_fn(move |req| {
+                        handle(req, answers.clone(), release.clone(), seen.clone())
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
@@ -181,6 +207,7 @@ impl Stopped {
             ca_der: self.ca_der,
             config: self.config,
             answers: self.answers,
+            release: self.release,
             seen,
             task,
         }
@@ -196,6 +223,7 @@ impl Drop for FakeKubeApi {
 async fn handle(
     req: Request<Incoming>,
     answers: Arc<Mutex<HashMap<String, Answer>>>,
+    release: Arc<Notify>,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -219,7 +247,10 @@ async fn handle(
     let answer = answers.lock().unwrap().get(&token).copied();
     let (status, name) = match answer {
         Some(Answer::Recorded(status, name)) => (status, name),
-        Some(Answer::Hang) => std::future::pending().await,
+        Some(Answer::Hang) => {
+            release.notified().await;
+            (201, "expired")
+        }
         None => (201, "expired"),
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(recording(name).as_bytes())));

@@ -15,7 +15,7 @@ fn td() -> TrustDomain {
 }
 
 fn interpret_recorded(json: &str) -> Result<Authenticated, AuthError> {
-    interpret(Some(&recorded(json)), "ward", &td())
+    interpret(Some(&recorded(json)), "ward", true, &td())
 }
 
 #[test]
@@ -40,7 +40,12 @@ fn without_pod_information_the_account_uid_identifies_the_credential() {
         "../../../tests/data/tokenreview/authenticated.json"
     ));
     status.user.as_mut().unwrap().extra = None;
-    let auth = interpret(Some(&status), "ward", &td()).unwrap();
+    assert_eq!(
+        interpret(Some(&status), "ward", true, &td()).unwrap_err(),
+        AuthError::NotPodBound,
+        "a token not bound to a pod is refused unless allowed"
+    );
+    let auth = interpret(Some(&status), "ward", false, &td()).unwrap();
     assert_eq!(
         auth.credential_id,
         "k8s:uid=4e3c2f1a-6b7d-4f0e-9a8b-1c2d3e4f5a6b"
@@ -87,7 +92,7 @@ fn an_answer_without_our_audience_is_refused_even_when_authenticated() {
     let status = recorded(include_str!(
         "../../../tests/data/tokenreview/authenticated.json"
     ));
-    let err = interpret(Some(&status), "ward-staging", &td()).unwrap_err();
+    let err = interpret(Some(&status), "ward-staging", true, &td()).unwrap_err();
     assert_eq!(err.reason(), "wrong_audience");
 }
 
@@ -121,13 +126,13 @@ fn users_and_invalid_names_are_not_service_accounts() {
     ] {
         let mut status = base.clone();
         status.user.as_mut().unwrap().username = Some(username.into());
-        let err = interpret(Some(&status), "ward", &td()).unwrap_err();
+        let err = interpret(Some(&status), "ward", true, &td()).unwrap_err();
         assert_eq!(err.reason(), "not_a_service_account", "{username:?}: {err}");
     }
     // Dots are allowed in ServiceAccount names (a DNS subdomain).
     let mut status = base;
     status.user.as_mut().unwrap().username = Some("system:serviceaccount:shop:web.v2".into());
-    let auth = interpret(Some(&status), "ward", &td()).unwrap();
+    let auth = interpret(Some(&status), "ward", true, &td()).unwrap();
     assert_eq!(
         auth.identity.as_str(),
         "spiffe://cluster.local/ns/shop/sa/web.v2"
@@ -136,7 +141,7 @@ fn users_and_invalid_names_are_not_service_accounts() {
 
 #[test]
 fn a_missing_status_is_an_api_failure_not_a_refusal() {
-    let err = interpret(None, "ward", &td()).unwrap_err();
+    let err = interpret(None, "ward", true, &td()).unwrap_err();
     assert_eq!(err.reason(), "authenticator_unavailable");
 }
 
@@ -150,7 +155,7 @@ fn api_server_strings_are_bounded_in_the_audit_id_and_messages() {
         "authentication.kubernetes.io/pod-name".into(),
         vec!["é".repeat(400)],
     );
-    let auth = interpret(Some(&status), "ward", &td()).unwrap();
+    let auth = interpret(Some(&status), "ward", true, &td()).unwrap();
     assert!(
         auth.credential_id.len() <= 256,
         "{}",
@@ -159,25 +164,56 @@ fn api_server_strings_are_bounded_in_the_audit_id_and_messages() {
 
     let mut status = recorded(include_str!("../../../tests/data/tokenreview/expired.json"));
     status.error = Some("x".repeat(10_000));
-    let err = interpret(Some(&status), "ward", &td()).unwrap_err();
+    let err = interpret(Some(&status), "ward", true, &td()).unwrap_err();
     assert!(err.to_string().len() < 400);
 }
 
+/// A JWT with these claims (unsigned: the precheck never verifies).
+fn jwt(claims: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "eyJhbGciOiJSUzI1NiJ9.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(claims)
+    )
+}
+
+const NOW: i64 = 1_800_000_000;
+
 #[test]
-fn only_jwt_shaped_tokens_are_sent_for_review() {
-    assert!(check_shape("eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsid2FyZCJdfQ.c2ln").is_ok());
-    for token in [
-        "",
-        "not-a-jwt",
-        "a.b",
-        "a.b.c.d",
-        "a..c",
-        "a.b.c d",
-        "a.b.c=",
-        "a.b.c/",
-        &format!("{}.b.c", "a".repeat(9000)),
+fn only_plausible_tokens_for_our_audience_are_sent_for_review() {
+    for claims in [
+        r#"{"aud":["ward"],"exp":1800003600}"#,
+        r#"{"aud":"ward","exp":1800003600,"sub":"system:serviceaccount:shop:web"}"#,
+        r#"{"aud":["https://kubernetes.default.svc","ward"],"exp":1800000000}"#,
+        // Within the clock skew.
+        r#"{"aud":["ward"],"exp":1799999950}"#,
     ] {
-        let err = check_shape(token).unwrap_err();
-        assert_eq!(err.reason(), "malformed_token", "{token:?}");
+        assert_eq!(precheck(&jwt(claims), "ward", NOW), Ok(()), "{claims}");
+    }
+    for (token, reason) in [
+        (String::new(), "malformed_token"),
+        ("not-a-jwt".into(), "malformed_token"),
+        ("a.b".into(), "malformed_token"),
+        ("a.b.c.d".into(), "malformed_token"),
+        ("a..c".into(), "malformed_token"),
+        ("a.b.c d".into(), "malformed_token"),
+        ("a.b.c=".into(), "malformed_token"),
+        (format!("{}.b.c", "a".repeat(9000)), "malformed_token"),
+        (jwt("not json"), "malformed_token"),
+        (jwt(r#"{"aud":["ward"]}"#), "malformed_token"),
+        (jwt(r#"{"exp":1800003600}"#), "malformed_token"),
+        (
+            jwt(r#"{"aud":["https://kubernetes.default.svc"],"exp":1800003600}"#),
+            "wrong_audience",
+        ),
+        (
+            jwt(r#"{"aud":"warden","exp":1800003600}"#),
+            "wrong_audience",
+        ),
+        (jwt(r#"{"aud":["ward"],"exp":1799999000}"#), "token_expired"),
+    ] {
+        let err = precheck(&token, "ward", NOW).unwrap_err();
+        assert_eq!(err.reason(), reason, "{token:?}: {err}");
     }
 }
