@@ -16,8 +16,14 @@ fn sample(name: &str) -> PathBuf {
 }
 
 fn ward(args: &[&str], stdin: Option<&str>) -> Output {
+    ward_with_env(args, &[], stdin)
+}
+
+fn ward_with_env(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
         .args(args)
+        .env_remove("WARD_INJECT_EGRESS")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -155,6 +161,104 @@ fn inject_then_inject_again_is_the_same() {
             "{name}"
         );
     }
+}
+
+/// Every injected proxy's `--egress` value, in document order.
+fn egress_values(yaml: &str) -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) if map.get("name") == Some(&Value::from("ward-proxy")) => {
+                let args: Vec<&str> = map["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let egress = args.windows(2).find(|w| w[0] == "--egress");
+                out.push(egress.expect("the proxy has --egress")[1].to_string());
+            }
+            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+            Value::Array(list) => list.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    documents(yaml).iter().for_each(|d| walk(d, &mut out));
+    out
+}
+
+#[test]
+fn egress_comes_from_the_flag_or_its_variable_unless_the_pod_says_otherwise() {
+    let deployment = sample("deployment.yaml");
+    let deployment = deployment.to_str().unwrap();
+    let cronjob = sample("cronjob.yaml");
+    let cronjob = cronjob.to_str().unwrap();
+    let egress = |args: &[&str], env: &[(&str, &str)]| {
+        let out = ward_with_env(args, env, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} {env:?}: {stderr}");
+        egress_values(&String::from_utf8(out.stdout).unwrap())
+    };
+    let passthrough = [("WARD_INJECT_EGRESS", "passthrough")];
+    assert_eq!(egress(&["inject", "-f", deployment], &[]), ["deny"]);
+    assert_eq!(
+        egress(
+            &["inject", "--egress", "passthrough", "-f", deployment],
+            &[]
+        ),
+        ["passthrough"]
+    );
+    assert_eq!(
+        egress(&["inject", "-f", deployment], &passthrough),
+        ["passthrough"]
+    );
+    // The flag wins over the variable, as for every flag.
+    assert_eq!(
+        egress(
+            &["inject", "--egress", "deny", "-f", deployment],
+            &passthrough
+        ),
+        ["deny"]
+    );
+    // cronjob.yaml says `ward.dev/egress: passthrough` itself.
+    assert_eq!(egress(&["inject", "-f", cronjob], &[]), ["passthrough"]);
+    assert_eq!(
+        egress(&["inject", "--egress", "deny", "-f", cronjob], &[]),
+        ["passthrough"]
+    );
+
+    // Injecting twice with the setting is injecting once.
+    let out = ward(
+        &["inject", "--egress", "passthrough", "-f", deployment],
+        None,
+    );
+    let once = String::from_utf8(out.stdout).unwrap();
+    let out = ward(&["inject", "--egress", "passthrough"], Some(&once));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), once);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already injected; unchanged"));
+
+    // A bad value: the flag is refused with the values it takes; the
+    // annotation with the workload, once.
+    let out = ward(&["inject", "--egress", "allow"], Some(""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("[possible values: deny, passthrough]"),
+        "{stderr}"
+    );
+    let bad = std::fs::read_to_string(cronjob)
+        .unwrap()
+        .replace("ward.dev/egress: passthrough", "ward.dev/egress: allow");
+    let out = ward(&["inject"], Some(&bad));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr.trim_end(),
+        "error: stdin: document 1 (line 1): CronJob shop/report: annotation \
+         ward.dev/egress: \"allow\": must be \"deny\" or \"passthrough\""
+    );
 }
 
 #[test]

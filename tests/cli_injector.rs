@@ -146,6 +146,67 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
     assert!(status.success(), "injector exited with {status}");
 }
 
+/// The webhook injects with the same settings as `ward inject`: its
+/// `--egress` (here from `WARD_INJECT_EGRESS`) is the proxy's unless the
+/// Pod's `ward.dev/egress` says otherwise, and a bad value is refused with
+/// a message naming the Pod.
+#[tokio::test]
+async fn the_egress_setting_and_the_pods_annotation_reach_the_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::valid();
+    let files = pair.write(tmp.path());
+    let env = [("WARD_INJECT_EGRESS", "passthrough")];
+    let (_server, addr) = process::injector_with_env(&files.cert, &files.key, &env);
+    let tls = client(&[&pair], rustls::ALL_VERSIONS);
+    let review = |egress: Option<&str>| {
+        let mut doc: Value = serde_json::from_slice(&sample("pod-create.json")).unwrap();
+        if let Some(egress) = egress {
+            doc["request"]["object"]["metadata"]["annotations"]["ward.dev/egress"] = egress.into();
+        }
+        doc.to_string()
+    };
+    for (annotation, expected) in [(None, "passthrough"), (Some("deny"), "deny")] {
+        let (status, body) = post(addr, &tls, review(annotation).as_bytes()).await;
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().expect("a patch"))
+            .unwrap();
+        let patch: Vec<Value> = serde_json::from_slice(&patch).unwrap();
+        let init = patch
+            .iter()
+            .find(|op| op["path"] == "/spec/initContainers")
+            .map(|op| &op["value"])
+            .expect("the patch sets the init containers");
+        let proxy = init
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == "ward-proxy"))
+            .expect("ward-proxy is injected");
+        let args: Vec<&str> = proxy["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let egress = args.windows(2).find(|w| w[0] == "--egress").map(|w| w[1]);
+        assert_eq!(
+            egress,
+            Some(expected),
+            "annotation {annotation:?}: {args:?}"
+        );
+    }
+    let (status, body) = post(addr, &tls, review(Some("allow")).as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{body}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "ward: Pod shop/web-7d9f6c5b8-*: annotation ward.dev/egress: \"allow\": \
+         must be \"deny\" or \"passthrough\""
+    );
+}
+
 #[test]
 fn bad_certificate_files_are_reported_not_panics() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::time::Duration;
-
+use support::adversary::{member_file, metrics, replace_mesh, serve_outside};
 use support::lab::{WARD, app_addr, curl, member, pod, run, start, stdout, talk};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
 use ward::lab::prometheus::sum;
 use ward::lab::scenario::{FLOWS, Verdict};
 use ward::lab::{Lab, Options, Placement};
-use ward::pods::{PodCommand, Testbed};
+use ward::pods::Testbed;
 
 #[test]
 fn unmodified_clients_get_what_the_policy_says() {
@@ -161,41 +160,67 @@ fn a_pod_without_a_sidecar_cannot_reach_meshed_apps_in_the_clear() {
     assert!(curl(outsider, "GET", &admin).0.ends_with("200"));
 }
 
+/// `--egress deny` (the default, as injected) under the mesh file's mode:
+/// `enforce` refuses a destination outside the mesh, `audit` lets it
+/// through and counts it as the policy counts what it would deny; a
+/// rewrite of the mesh file switches between the two for new connections.
 #[test]
-fn destinations_outside_the_mesh_are_denied_by_default() {
+fn destinations_outside_the_mesh_are_denied_or_audited_as_the_mesh_file_says() {
     if !require_transparent_or_skip() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
     let lab = start(&testbed);
     let web = pod(&member(&lab, "web").host);
-    let outsider = pod(lab.outsider.as_ref().expect("outsider"));
-    // A server outside the mesh, reachable in plaintext from other pods.
-    let mut server = PodCommand::new(WARD);
-    server.args([
-        "demo-app",
-        "http",
-        "--listen",
-        "0.0.0.0:9000",
-        "--name",
-        "outside",
-    ]);
-    outsider.spawn(&server).expect("server starts");
-    let url = format!("http://{}:9000/x", outsider.ipv4());
-    let answered = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        curl(outsider, "GET", &url).0.ends_with("200")
-    });
-    assert!(answered, "the outside server answers in plaintext");
-    let (body, out) = curl(web, "GET", &url);
-    assert!(!out.status.success(), "egress went through: {body}");
-    let metrics = lab.scrape(member(&lab, "web")).expect("scrape");
-    let egress = [
-        ("direction", "outbound"),
-        ("decision", "deny"),
-        ("rule", "egress"),
-    ];
-    assert_eq!(sum(&metrics, "ward_authz_decisions_total", &egress), 1.0);
+    // A TCP server outside the mesh, reachable in plaintext from other pods
+    // (TCP DNS, the API server, another namespace's Service look like this).
+    let outside = serve_outside(&lab, "banner", 9000);
+    let reached = "outside ready\nhello\n";
+    let decisions = |decision: &str| {
+        let egress = [
+            ("direction", "outbound"),
+            ("decision", decision),
+            ("rule", "egress"),
+        ];
+        sum(&metrics(&lab, "web"), "ward_authz_decisions_total", &egress)
+    };
+    let audit_lines = || {
+        lab.logs()
+            .lines()
+            .filter(|l| l.contains("egress denied (audit mode: let through)"))
+            .filter(|l| l.contains(&outside.to_string()))
+            .count()
+    };
+
+    // The lab's mesh file has no `mode`: enforce.
+    let refused = talk(web, outside, "hello");
+    assert!(
+        !refused.contains("outside"),
+        "egress went through: {refused:?}"
+    );
+    assert_eq!(decisions("deny"), 1.0);
+
+    let enforce = std::fs::read_to_string(member_file(&testbed, "web", "mesh.yaml")).unwrap();
+    replace_mesh(&lab, &testbed, &format!("mode: audit\n{enforce}"));
+    assert_eq!(talk(web, outside, "hello"), reached, "{}", lab.logs());
+    assert_eq!(talk(web, outside, "hello"), reached);
+    let m = metrics(&lab, "web");
+    assert_eq!(decisions("audit_deny"), 2.0, "{m}");
+    assert_eq!(decisions("deny"), 1.0, "{m}");
+    assert_eq!(decisions("allow"), 0.0, "{m}");
+    let sent = [("direction", "outbound"), ("peer", "egress")];
+    assert!(sum(&m, "ward_tcp_bytes_total", &sent) > 0.0, "{m}");
+    assert_eq!(audit_lines(), 2, "{}", lab.logs());
+
+    replace_mesh(&lab, &testbed, &format!("mode: enforce\n{enforce}"));
+    let refused = talk(web, outside, "hello");
+    assert!(
+        !refused.contains("outside"),
+        "egress went through: {refused:?}"
+    );
+    assert_eq!(decisions("deny"), 2.0);
+    assert_eq!(decisions("audit_deny"), 2.0);
+    assert_eq!(audit_lines(), 2);
 }
 
 #[test]

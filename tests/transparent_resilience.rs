@@ -221,25 +221,7 @@ fn egress_passthrough_lets_plaintext_out_but_not_around_the_mesh() {
     }
     let testbed = Testbed::new().expect("testbed");
     let mut lab = start(&testbed);
-    let outsider = outsider(&lab);
-    let mut server = PodCommand::new(WARD);
-    server.args([
-        "demo-app",
-        "http",
-        "--listen",
-        "0.0.0.0:9000",
-        "--name",
-        "outside",
-    ]);
-    outsider.spawn(&server).expect("server starts");
-    let outside_url = format!("http://{}:9000/x", outsider.ipv4());
-    assert!(eventually(Duration::from_secs(10), || curl(
-        outsider,
-        "GET",
-        &outside_url
-    )
-    .0
-    .ends_with("200")));
+    let outside_url = format!("http://{}/x", serve_outside(&lab, "http", 9000));
 
     // web's sidecar again, now with --egress passthrough.
     lab.stop_sidecar("web", false);

@@ -6,7 +6,8 @@
 //! listener and picks an endpoint round-robin. Transparent mode recovers the
 //! original destination, looks it up in the registry and dials that same
 //! address (the peer pod's PREROUTING rule takes it to its sidecar); a
-//! destination outside the mesh follows the egress mode.
+//! destination outside the mesh follows the egress mode, which the mesh
+//! file's `mode: audit` turns from refusing into counting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use ward_config::mesh::Service;
+use ward_config::policy::Mode;
+use ward_config::policy::engine::Verdict;
 
 use crate::Shared;
 use crate::dst::OriginalDst;
@@ -107,8 +110,9 @@ async fn handle(
                 Some((service, _)) => (service, vec![original]),
                 None => {
                     record.peer = EGRESS_PEER.into();
+                    let verdict = egress_verdict(*mode, registry.mesh.policy.mode);
                     drop(registry);
-                    return egress(app, original, *mode, &shared).await;
+                    return egress(app, original, verdict, &shared).await;
                 }
             }
         }
@@ -135,21 +139,40 @@ async fn handle(
     }
 }
 
+/// The decision on a destination outside the mesh: `--egress deny` under
+/// the mesh file's top-level `mode: audit` lets it out as `audit_deny`, as
+/// the policy does with what it would deny. Decided per connection on the
+/// current snapshot, so a reload switches it for new connections.
+fn egress_verdict(egress: Egress, mode: Mode) -> Verdict {
+    match (egress, mode) {
+        (Egress::Passthrough, _) => Verdict::Allow,
+        (Egress::Deny, Mode::Enforce) => Verdict::Deny,
+        (Egress::Deny, Mode::Audit) => Verdict::AuditDeny,
+    }
+}
+
 /// A destination outside the mesh: let it out in plaintext, or refuse it.
-/// Either way it counts as an `egress` decision, so a dashboard shows what
-/// the default egress mode lets out or blocks.
-async fn egress(app: TcpStream, original: SocketAddr, mode: Egress, shared: &Shared) {
+/// Either way it counts as a decision of rule `egress`, so a dashboard shows
+/// what the egress mode lets out, would block (audit) or blocks; denials,
+/// audited or not, write one log line as inbound denials do.
+async fn egress(app: TcpStream, original: SocketAddr, verdict: Verdict, shared: &Shared) {
     let m = &shared.metrics;
-    if mode == Egress::Deny {
-        m.authz
-            .with_label_values(&[OUTBOUND, "deny", EGRESS_PEER])
-            .inc();
-        tracing::warn!(destination = %original, "egress denied: the destination is not a service in the mesh file");
+    m.authz
+        .with_label_values(&[OUTBOUND, verdict.as_str(), EGRESS_PEER])
+        .inc();
+    if verdict != Verdict::Allow {
+        tracing::warn!(
+            decision = verdict.as_str(),
+            destination = %original,
+            rule = EGRESS_PEER,
+            reason = "the destination is not a service in the mesh file",
+            "egress denied{}",
+            if verdict == Verdict::AuditDeny { " (audit mode: let through)" } else { "" }
+        );
+    }
+    if !verdict.passes() {
         return;
     }
-    m.authz
-        .with_label_values(&[OUTBOUND, "allow", EGRESS_PEER])
-        .inc();
     let Some(upstream) = upstream::connect(original, Upstream::Egress, OUTBOUND, shared).await
     else {
         return;
@@ -231,4 +254,22 @@ async fn connect(
         .inc();
     tracing::warn!(service = %service.name, "no endpoint reachable");
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_mode_turns_egress_denials_into_audit_denials_only() {
+        let cases = [
+            (Egress::Deny, Mode::Enforce, Verdict::Deny),
+            (Egress::Deny, Mode::Audit, Verdict::AuditDeny),
+            (Egress::Passthrough, Mode::Enforce, Verdict::Allow),
+            (Egress::Passthrough, Mode::Audit, Verdict::Allow),
+        ];
+        for (egress, mode, verdict) in cases {
+            assert_eq!(egress_verdict(egress, mode), verdict, "{egress:?} {mode:?}");
+        }
+    }
 }

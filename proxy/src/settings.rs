@@ -93,8 +93,32 @@ pub struct Transparent {
 pub enum Egress {
     /// Connect to it as the app asked, in plaintext (counted as `egress`).
     Passthrough,
-    /// Close it, count it and log the destination.
+    /// Close it, count it and log the destination; under the mesh file's
+    /// `mode: audit`, let it through as `passthrough` does, counted as
+    /// `audit_deny`.
     Deny,
+}
+
+impl Egress {
+    pub const ALL: [Egress; 2] = [Egress::Deny, Egress::Passthrough];
+
+    /// The name `--egress` and the `ward.dev/egress` annotation use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Passthrough => "passthrough",
+            Egress::Deny => "deny",
+        }
+    }
+}
+
+impl std::str::FromStr for Egress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| "must be \"deny\" or \"passthrough\"".to_string())
+    }
 }
 
 pub struct ProxySettings {
@@ -115,6 +139,16 @@ pub struct ProxySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_names_round_trip() {
+        for egress in Egress::ALL {
+            assert_eq!(egress.as_str().parse(), Ok(egress));
+        }
+        for bad in ["Deny", "allow", "", "passthrough "] {
+            assert!(bad.parse::<Egress>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_forwards() {

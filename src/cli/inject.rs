@@ -9,7 +9,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ward::inject::manifests::{self, MAX_INPUT_BYTES};
-use ward::inject::{Config, DEFAULT_AUDIENCE, DEFAULT_CA_URL, DEFAULT_IMAGE, DEFAULT_TRUST_DOMAIN};
+use ward::inject::{
+    Config, DEFAULT_AUDIENCE, DEFAULT_CA_URL, DEFAULT_EGRESS, DEFAULT_IMAGE, DEFAULT_TRUST_DOMAIN,
+};
+use ward_proxy::settings::Egress;
+
+use super::proxy::egress_parser;
 
 #[derive(Args)]
 pub struct InjectArgs {
@@ -36,6 +41,15 @@ pub struct SettingsArgs {
     /// Audience of the projected ServiceAccount token the proxy presents to the CA.
     #[arg(long, env = "WARD_INJECT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
     pub audience: String,
+    /// The injected proxy's --egress (destinations outside the mesh file);
+    /// a pod's `ward.dev/egress` annotation overrides it.
+    #[arg(
+        long,
+        env = "WARD_INJECT_EGRESS",
+        default_value = DEFAULT_EGRESS.as_str(),
+        value_parser = egress_parser()
+    )]
+    pub egress: Egress,
 }
 
 impl SettingsArgs {
@@ -46,6 +60,7 @@ impl SettingsArgs {
             &self.trust_domain,
             &self.ca_url,
             &self.audience,
+            self.egress,
         )?)
     }
 }

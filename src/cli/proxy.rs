@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use ward::intercept::settings::parse_mark;
 use ward_config::{SpiffeId, parse_duration};
 use ward_proxy::Proxy;
@@ -52,9 +53,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "WARD_OUTBOUND_PORT", default_value_t = 15001)]
     pub outbound_port: u16,
     /// Transparent mode: what to do with a connection to a destination that
-    /// is not a service in the mesh file.
-    #[arg(long, env = "WARD_EGRESS", value_enum, default_value = "deny")]
-    pub egress: EgressMode,
+    /// is not a service in the mesh file: `deny` refuses, counts and logs it
+    /// (under the mesh file's `mode: audit` it is let through and counted as
+    /// `audit_deny`); `passthrough` connects in plaintext, as the app asked.
+    #[arg(long, env = "WARD_EGRESS", default_value = "deny", value_parser = egress_parser())]
+    pub egress: Egress,
     /// Put this SO_MARK (decimal or 0x hex) on every connection the proxy
     /// makes, for `ward init --proxy-mark`. Needs CAP_NET_ADMIN.
     #[arg(long, env = "WARD_MARK", value_parser = parse_mark)]
@@ -82,12 +85,11 @@ pub struct ProxyArgs {
     pub bundle_refresh: String,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum EgressMode {
-    /// Connect in plaintext, as the app asked (counted as `egress`).
-    Passthrough,
-    /// Refuse, count and log the destination.
-    Deny,
+/// `--egress` of `ward proxy` and of injection (`ward inject`, `ward
+/// injector`): the names `Egress` knows, listed in `--help`.
+pub fn egress_parser() -> impl TypedValueParser<Value = Egress> {
+    PossibleValuesParser::new(Egress::ALL.map(Egress::as_str))
+        .try_map(|name| name.parse::<Egress>())
 }
 
 fn duration(flag: &str, value: &str) -> Result<Duration> {
@@ -111,10 +113,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     let transparent = args.transparent.then_some(Transparent {
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
-        egress: match args.egress {
-            EgressMode::Passthrough => Egress::Passthrough,
-            EgressMode::Deny => Egress::Deny,
-        },
+        egress: args.egress,
     });
     let ports = [args.inbound_port, args.outbound_port, args.admin.port()];
     let distinct = ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2];

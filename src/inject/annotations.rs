@@ -6,6 +6,7 @@
 //! said it must not go.
 
 use serde_json::{Map, Value};
+use ward_proxy::settings::Egress;
 
 use super::sidecar::ADMIN_PORT;
 use super::{InjectError, quantity};
@@ -19,18 +20,20 @@ pub const INJECTED: &str = "ward.dev/injected";
 const EXCLUDE_INBOUND_PORTS: &str = "ward.dev/exclude-inbound-ports";
 const EXCLUDE_OUTBOUND_PORTS: &str = "ward.dev/exclude-outbound-ports";
 const EXCLUDE_OUTBOUND_CIDRS: &str = "ward.dev/exclude-outbound-cidrs";
+const EGRESS: &str = "ward.dev/egress";
 const CPU_REQUEST: &str = "ward.dev/proxy-cpu-request";
 const MEMORY_REQUEST: &str = "ward.dev/proxy-memory-request";
 const CPU_LIMIT: &str = "ward.dev/proxy-cpu-limit";
 const MEMORY_LIMIT: &str = "ward.dev/proxy-memory-limit";
 
 /// Every `ward.dev/*` annotation ward reads or writes.
-pub const ANNOTATIONS: [&str; 9] = [
+pub const ANNOTATIONS: [&str; 10] = [
     INJECT,
     INJECTED,
     EXCLUDE_INBOUND_PORTS,
     EXCLUDE_OUTBOUND_PORTS,
     EXCLUDE_OUTBOUND_CIDRS,
+    EGRESS,
     CPU_REQUEST,
     MEMORY_REQUEST,
     CPU_LIMIT,
@@ -49,6 +52,8 @@ const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
 pub(super) struct PodOptions {
     /// `ward init`'s settings, validated; exclusions sorted and de-duplicated.
     pub intercept: Settings,
+    /// The proxy's `--egress`.
+    pub egress: Egress,
     pub resources: Resources,
 }
 
@@ -69,8 +74,12 @@ pub(super) fn opted_out(annotations: &Map<String, Value>) -> Result<bool, Inject
     }
 }
 
-/// Reads and checks everything else the annotations ask of the pod.
-pub(super) fn read(annotations: &Map<String, Value>) -> Result<PodOptions, InjectError> {
+/// Reads and checks everything else the annotations ask of the pod;
+/// `egress` is what the pod gets without `ward.dev/egress`.
+pub(super) fn read(
+    annotations: &Map<String, Value>,
+    egress: Egress,
+) -> Result<PodOptions, InjectError> {
     let get = |name: &'static str| string(annotations, name);
     if let Some(unknown) = annotations
         .keys()
@@ -109,6 +118,12 @@ pub(super) fn read(annotations: &Map<String, Value>) -> Result<PodOptions, Injec
         let value = get(name).ok().flatten().unwrap_or_default();
         bad(name, value, "ports must be from 1 to 65535, not 0")
     })?;
+    let egress = match get(EGRESS)? {
+        None => egress,
+        Some(value) => value
+            .parse::<Egress>()
+            .map_err(|reason| bad(EGRESS, value, &reason))?,
+    };
 
     let quantity = |name: &'static str, default: &str| -> Result<(String, f64), InjectError> {
         let text = get(name)?.unwrap_or(default);
@@ -134,6 +149,7 @@ pub(super) fn read(annotations: &Map<String, Value>) -> Result<PodOptions, Injec
     }
     Ok(PodOptions {
         intercept,
+        egress,
         resources: Resources {
             cpu_request: cpu_request.0,
             memory_request: memory_request.0,

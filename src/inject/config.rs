@@ -2,6 +2,7 @@
 //! run), checked once up front so that a typo fails before any output.
 
 use ward_config::TrustDomain;
+use ward_proxy::settings::Egress;
 
 /// The default image: the release matching this binary, so that the
 /// injected `ward init` and `ward proxy` speak the flags this binary knows.
@@ -12,6 +13,9 @@ pub const DEFAULT_CA_URL: &str = "https://ward-ca.ward-system.svc:8443";
 /// tokens minted for it, so a token leaked from ward cannot be replayed
 /// against the Kubernetes API (whose audience differs) and vice versa.
 pub const DEFAULT_AUDIENCE: &str = "ward";
+/// Destinations outside the mesh file are refused (or, under the mesh
+/// file's `mode: audit`, let through and counted), as `ward proxy` does.
+pub const DEFAULT_EGRESS: Egress = Egress::Deny;
 
 /// Validated injection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +24,9 @@ pub struct Config {
     trust_domain: TrustDomain,
     ca_url: String,
     audience: String,
+    /// The injected proxy's `--egress`, unless a pod's `ward.dev/egress`
+    /// says otherwise.
+    egress: Egress,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +49,7 @@ impl Config {
         trust_domain: &str,
         ca_url: &str,
         audience: &str,
+        egress: Egress,
     ) -> Result<Self, ConfigError> {
         let has_space = |s: &str| s.chars().any(char::is_whitespace);
         if image.is_empty() || has_space(image) {
@@ -60,6 +68,7 @@ impl Config {
             trust_domain,
             ca_url: ca_url.to_string(),
             audience: audience.to_string(),
+            egress,
         })
     }
 
@@ -78,6 +87,10 @@ impl Config {
     pub fn audience(&self) -> &str {
         &self.audience
     }
+
+    pub fn egress(&self) -> Egress {
+        self.egress
+    }
 }
 
 impl Default for Config {
@@ -88,6 +101,7 @@ impl Default for Config {
                 .unwrap_or_else(|e| unreachable!("the default trust domain is valid: {e}")),
             ca_url: DEFAULT_CA_URL.to_string(),
             audience: DEFAULT_AUDIENCE.to_string(),
+            egress: DEFAULT_EGRESS,
         }
     }
 }

@@ -75,11 +75,13 @@ pub enum ManifestError {
     },
     #[error("invalid YAML: {0}")]
     YamlUnplaced(String),
-    #[error("{place}: {object}: {source}")]
+    /// The message already says what is wrong, so `error` is not a
+    /// `source`: error chains would print it twice.
+    #[error("{place}: {object}: {error}")]
     Object {
         place: Place,
         object: String,
-        source: Box<InjectError>,
+        error: Box<InjectError>,
     },
     #[error("cannot start the injection thread: {0}")]
     Thread(std::io::Error),
@@ -187,10 +189,10 @@ fn inject_object(
             }
             Ok(object)
         }
-        Err(source) => Err(ManifestError::Object {
+        Err(error) => Err(ManifestError::Object {
             place,
             object: name.clone(),
-            source: Box::new(source),
+            error: Box::new(error),
         }),
     }
 }

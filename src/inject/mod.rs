@@ -24,7 +24,8 @@ use serde_json::{Map, Value};
 
 pub use annotations::{ANNOTATIONS, INJECT, INJECTED};
 pub use config::{
-    Config, ConfigError, DEFAULT_AUDIENCE, DEFAULT_CA_URL, DEFAULT_IMAGE, DEFAULT_TRUST_DOMAIN,
+    Config, ConfigError, DEFAULT_AUDIENCE, DEFAULT_CA_URL, DEFAULT_EGRESS, DEFAULT_IMAGE,
+    DEFAULT_TRUST_DOMAIN,
 };
 
 /// What [`inject`] did with one object.

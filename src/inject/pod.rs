@@ -47,7 +47,7 @@ pub(super) fn inject_pod(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(PodOutcome::Skipped(SkipReason::HostNetwork));
     }
-    let options = annotations::read(&annotations)?;
+    let options = annotations::read(&annotations, config.egress())?;
     remove_previous(spec, annotations.contains_key(INJECTED), field)?;
     let warnings = check_app(spec, &options.intercept, field)?;
 

@@ -141,6 +141,7 @@ pub(super) fn proxy_container(config: &Config, options: &PodOptions) -> Value {
             "--admin", format!("0.0.0.0:{ADMIN_PORT}"),
             "--inbound-port", s.inbound_port.to_string(),
             "--outbound-port", s.outbound_port.to_string(),
+            "--egress", options.egress.as_str(),
         ],
         "env": [
             {"name": "WARD_POD_NAMESPACE",

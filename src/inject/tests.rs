@@ -2,6 +2,7 @@
 //! refusals, idempotence, and the YAML stream around it.
 
 use serde_json::{Value, json};
+use ward_proxy::settings::Egress;
 
 use super::manifests::{ManifestError, inject_manifests};
 use super::{Config, InjectError, Outcome, SkipReason, inject};
@@ -152,6 +153,8 @@ fn the_proxy_is_a_hardened_native_sidecar() {
             "15006",
             "--outbound-port",
             "15001",
+            "--egress",
+            "deny",
         ]
     );
     let env = &proxy["env"];
@@ -230,6 +233,7 @@ fn flags_reach_the_pod_spec() {
         "prod.example",
         "https://ca.example:9443",
         "ward-prod",
+        Egress::Passthrough,
     )
     .unwrap();
     let Ok(Outcome::Injected { object, .. }) = inject(&config, &deployment(json!({}))) else {
@@ -248,19 +252,20 @@ fn flags_reach_the_pod_spec() {
         "spiffe://prod.example/ns/$(WARD_POD_NAMESPACE)/sa/$(WARD_SERVICE_ACCOUNT)"
     );
     assert_eq!(a[5], "https://ca.example:9443");
+    assert_eq!(a[a.len() - 2..], ["--egress", "passthrough"]);
     assert_eq!(
         spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "ward-prod"
     );
+    let new = |image, trust_domain, ca_url, audience| {
+        Config::new(image, trust_domain, ca_url, audience, Egress::Deny)
+    };
     for (bad, field) in [
-        (Config::new("", "a", "https://x", "w"), "--image"),
-        (
-            Config::new("i", "Bad_Domain!", "https://x", "w"),
-            "--trust-domain",
-        ),
-        (Config::new("i", "a", "http://x", "w"), "--ca-url"),
-        (Config::new("i", "a", "https://", "w"), "--ca-url"),
-        (Config::new("i", "a", "https://x", ""), "--audience"),
+        (new("", "a", "https://x", "w"), "--image"),
+        (new("i", "Bad_Domain!", "https://x", "w"), "--trust-domain"),
+        (new("i", "a", "http://x", "w"), "--ca-url"),
+        (new("i", "a", "https://", "w"), "--ca-url"),
+        (new("i", "a", "https://x", ""), "--audience"),
     ] {
         assert!(bad.unwrap_err().to_string().starts_with(field), "{field}");
     }
@@ -279,13 +284,22 @@ fn injecting_twice_is_injecting_once() {
 #[test]
 fn a_reinjection_with_other_settings_replaces_the_old_sidecar() {
     let once = injected(&deployment(json!({})));
-    let other = Config::new("ward:next", "cluster.local", super::DEFAULT_CA_URL, "ward").unwrap();
+    let other = Config::new(
+        "ward:next",
+        "cluster.local",
+        super::DEFAULT_CA_URL,
+        "ward",
+        Egress::Passthrough,
+    )
+    .unwrap();
     let Ok(Outcome::Injected { object: twice, .. }) = inject(&other, &once) else {
         panic!("not re-injected");
     };
     let spec = &twice["spec"]["template"]["spec"];
     assert_eq!(names(&spec["initContainers"]), ["ward-init", "ward-proxy"]);
     assert_eq!(names(&spec["volumes"]).len(), 4);
+    let proxy = args(container(spec, "ward-proxy"));
+    assert_eq!(proxy[proxy.len() - 2..], ["--egress", "passthrough"]);
     assert_eq!(container(spec, "ward-proxy")["image"], "ward:next");
     // And back: the same as a fresh injection.
     assert_eq!(injected(&twice), once);
@@ -362,6 +376,66 @@ fn annotations_set_exclusions_and_resources() {
     );
 }
 
+/// The proxy's `--egress` value in an injected deployment.
+fn egress_of(object: &Value) -> &str {
+    let proxy = args(container(&object["spec"]["template"]["spec"], "ward-proxy"));
+    match proxy.windows(2).find(|w| w[0] == "--egress") {
+        Some(w) => w[1],
+        None => panic!("no --egress in {proxy:?}"),
+    }
+}
+
+#[test]
+fn egress_comes_from_the_flag_unless_the_pod_says_otherwise() {
+    let passthrough = Config::new(
+        super::DEFAULT_IMAGE,
+        super::DEFAULT_TRUST_DOMAIN,
+        super::DEFAULT_CA_URL,
+        super::DEFAULT_AUDIENCE,
+        Egress::Passthrough,
+    )
+    .unwrap();
+    let inject_with =
+        |config: &Config, annotations: Value| match inject(config, &deployment(annotations)) {
+            Ok(Outcome::Injected { object, .. }) => object,
+            other => panic!("expected injection, got {other:?}"),
+        };
+    let cases = [
+        (&Config::default(), json!({}), "deny"),
+        (&passthrough, json!({}), "passthrough"),
+        (
+            &Config::default(),
+            json!({"ward.dev/egress": "passthrough"}),
+            "passthrough",
+        ),
+        (&passthrough, json!({"ward.dev/egress": "deny"}), "deny"),
+    ];
+    for (config, annotations, expected) in cases {
+        let once = inject_with(config, annotations.clone());
+        assert_eq!(egress_of(&once), expected, "{annotations} {config:?}");
+        assert_eq!(
+            inject(config, &once),
+            Ok(Outcome::Unchanged),
+            "{annotations}"
+        );
+    }
+    // The pod's own choice stays on the pod, so it outlives a change of the
+    // default; without one, re-injecting with the other default updates it.
+    let pinned = inject_with(&passthrough, json!({"ward.dev/egress": "passthrough"}));
+    assert_eq!(inject(&Config::default(), &pinned), Ok(Outcome::Unchanged));
+    let unpinned = inject_with(&passthrough, json!({}));
+    match inject(&Config::default(), &unpinned) {
+        Ok(Outcome::Injected { object, .. }) => assert_eq!(egress_of(&object), "deny"),
+        other => panic!("expected re-injection, got {other:?}"),
+    }
+    // The ward-init container is the same either way: egress is the proxy's.
+    let init = |object: &Value| container(&object["spec"]["template"]["spec"], "ward-init").clone();
+    assert_eq!(
+        init(&inject_with(&passthrough, json!({}))),
+        init(&injected(&deployment(json!({}))))
+    );
+}
+
 #[test]
 fn bad_annotations_are_refused_with_a_reason() {
     let cases = [
@@ -384,6 +458,18 @@ fn bad_annotations_are_refused_with_a_reason() {
         (
             json!({"ward.dev/proxy-cpu-request": "2"}),
             "the proxy's cpu request 2 is more than its limit 1",
+        ),
+        (
+            json!({"ward.dev/egress": "allow"}),
+            "annotation ward.dev/egress: \"allow\": must be \"deny\" or \"passthrough\"",
+        ),
+        (
+            json!({"ward.dev/egress": "Passthrough"}),
+            "annotation ward.dev/egress: \"Passthrough\": must be \"deny\" or \"passthrough\"",
+        ),
+        (
+            json!({"ward.dev/egress": true}),
+            "annotation ward.dev/egress must be a string",
         ),
         (
             json!({"ward.dev/inject": "no"}),

@@ -11,7 +11,7 @@ use ward::lab::prometheus::sum;
 use ward::lab::{Lab, PROXY_UID, scenario};
 use ward::pods::{Pod, PodCommand, PodProcess, Testbed};
 
-use super::lab::{WARD, app_addr, curl, member, pod, pod_of, run, run_for, stdout};
+use super::lab::{WARD, app_addr, curl, member, outsider, pod, pod_of, run, run_for, stdout};
 
 pub fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {
@@ -197,6 +197,25 @@ pub fn replace_mesh(lab: &Lab<'_>, testbed: &Testbed, yaml: &str) {
         let reloaded = eventually(Duration::from_secs(10), || loads(name) > before);
         assert!(reloaded, "{name} did not reload:\n{}", lab.logs());
     }
+}
+
+/// Starts `ward demo-app KIND` (`http`, or `banner` for `talk`) named
+/// `outside` on `port` in the lab's outsider pod: a server without a
+/// sidecar and in no mesh file. Waits (10 s at most) until it accepts
+/// connections; its address.
+pub fn serve_outside(lab: &Lab<'_>, kind: &str, port: u16) -> SocketAddr {
+    let outsider = outsider(lab);
+    let addr = SocketAddr::new(outsider.ipv4().into(), port);
+    let mut server = PodCommand::new(WARD);
+    let listen = format!("0.0.0.0:{port}");
+    server.args(["demo-app", kind, "--listen", &listen, "--name", "outside"]);
+    let process = outsider.spawn(&server).expect("server starts");
+    let connect = format!("exec 3<>/dev/tcp/{}/{port}", addr.ip());
+    let up = eventually(Duration::from_secs(10), || {
+        run(outsider, "bash", &["-c", &connect]).status.success()
+    });
+    assert!(up, "the outside server is not up: {}", process.logs());
+    addr
 }
 
 /// Starts `ward proxy --transparent` in `pod` as the lab starts `name`'s

@@ -65,11 +65,21 @@ pub fn ca_serve(args: &[&str], env: &[(&str, &str)]) -> (WardProcess, SocketAddr
 /// `ward injector` on an ephemeral loopback port, serving the certificate
 /// and key in these files and reading them again every second.
 pub fn injector(cert: &Path, key: &Path) -> (WardProcess, SocketAddr) {
+    injector_with_env(cert, key, &[])
+}
+
+/// [`injector`] with `env` added to its environment (`WARD_INJECT_*`).
+pub fn injector_with_env(
+    cert: &Path,
+    key: &Path,
+    env: &[(&str, &str)],
+) -> (WardProcess, SocketAddr) {
     let mut cmd = ward_json(&["injector", "--listen", "127.0.0.1:0"]);
     cmd.arg("--tls-cert")
         .arg(cert)
         .arg("--tls-key")
         .arg(key)
-        .args(["--tls-reload-interval", "1s"]);
+        .args(["--tls-reload-interval", "1s"])
+        .envs(env.iter().copied());
     spawn_listening(cmd)
 }
