@@ -54,6 +54,18 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
     assert_eq!(answer["response"]["allowed"], false);
     assert_eq!(answer["response"]["status"]["code"], 400);
 
+    // A Pod CREATE without its object is refused, never admitted bare.
+    let mut objectless: Value = serde_json::from_slice(&sample("pod-create.json")).unwrap();
+    objectless["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("object");
+    let (status, body) = post(addr, &tls, objectless.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{body}");
+    assert_eq!(answer["response"]["status"]["code"], 400, "{body}");
+
     // Malformed requests: a 4xx with a JSON error, and the server lives on.
     for bad in [
         &b"not json"[..],
@@ -120,7 +132,7 @@ async fn serves_admission_reviews_over_tls_refuses_garbage_and_stops_on_sigterm(
         &text,
         &[
             ("injected", 2.0),
-            ("refused", 1.0),
+            ("refused", 2.0),
             ("skipped", 1.0),
             ("unchanged", 0.0),
             ("bad_request", 5.0),
