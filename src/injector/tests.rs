@@ -1,9 +1,9 @@
 //! The webhook's decision on real AdmissionReview v1 documents
-//! (tests/data/admission/): the patch is applied with a small RFC 6902
-//! applier below and must give exactly `ward::inject`'s result.
+//! (tests/data/admission/): the patch is applied with the `json-patch`
+//! crate (not ward's code) and must give exactly `ward::inject`'s result.
 
 use base64::Engine;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::patch::diff;
 use super::review::Verdict;
@@ -41,40 +41,14 @@ fn patch_of(response: &Value) -> Vec<Value> {
     }
 }
 
-/// A test-only RFC 6902 applier for the operations `diff` emits.
+/// `document` with `ops` applied by the `json-patch` crate: an RFC 6902
+/// implementation independent of `patch::diff`, strict about every
+/// operation (a `replace` or `remove` of a missing member fails).
 fn apply(document: &Value, ops: &[Value]) -> Value {
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.to_vec())).expect("RFC 6902 operations");
     let mut doc = document.clone();
-    for op in ops {
-        let path = op["path"].as_str().expect("path");
-        let (parent, token) = match path.rsplit_once('/') {
-            Some((parent, token)) => (parent, token.replace("~1", "/").replace("~0", "~")),
-            None => {
-                assert_eq!(op["op"], "replace", "only replace may target the root");
-                doc = op["value"].clone();
-                continue;
-            }
-        };
-        let map: &mut Map<String, Value> = doc
-            .pointer_mut(parent)
-            .and_then(Value::as_object_mut)
-            .unwrap_or_else(|| panic!("{path}: parent is not a map"));
-        match op["op"].as_str() {
-            Some("add") => {
-                map.insert(token, op["value"].clone());
-            }
-            Some("replace") => {
-                assert!(map.contains_key(&token), "{path}: replace of a missing key");
-                map.insert(token, op["value"].clone());
-            }
-            Some("remove") => {
-                assert!(
-                    map.remove(&token).is_some(),
-                    "{path}: remove of a missing key"
-                );
-            }
-            other => panic!("unexpected op {other:?}"),
-        }
-    }
+    json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{e}: {ops:?}"));
     doc
 }
 
