@@ -309,6 +309,124 @@ fn broken_input_fails_with_the_document_and_position() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-domain"));
 }
 
+/// A Pod with every annotation that changes the sidecar's arguments or
+/// resources.
+const ANNOTATED_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: api
+  namespace: shop
+  annotations:
+    ward.dev/exclude-inbound-ports: "22,9090"
+    ward.dev/exclude-outbound-ports: "5432"
+    ward.dev/exclude-outbound-cidrs: "169.254.169.254,10.96.0.0/12"
+    ward.dev/proxy-cpu-request: 100m
+    ward.dev/proxy-memory-request: 96Mi
+    ward.dev/proxy-cpu-limit: "2"
+    ward.dev/proxy-memory-limit: 256Mi
+spec:
+  serviceAccountName: api
+  containers:
+  - name: api
+    image: example.com/api:1
+"#;
+
+/// `args` as the kubelet passes them: each `$(NAME)` of a variable in the
+/// container's `env` replaced by its value, a `fieldRef` read from `pod`
+/// (the downward API). A reference left over would reach ward verbatim.
+fn expand(pod: &Value, container: &Value) -> Vec<String> {
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .map(|var| {
+                    let name = var["name"].as_str().unwrap().to_string();
+                    let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                        Some(path) => pod.pointer(&format!("/{}", path.replace('.', "/"))),
+                        None => var.get("value"),
+                    };
+                    let value = value
+                        .and_then(Value::as_str)
+                        .unwrap_or_else(|| panic!("{name} has no value in {var}"));
+                    (name, value.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let args = container["args"].as_array().expect("args");
+    args.iter()
+        .map(|arg| {
+            let arg = arg.as_str().expect("each arg is a string");
+            let expanded = env.iter().fold(arg.to_string(), |arg, (name, value)| {
+                arg.replace(&format!("$({name})"), value)
+            });
+            assert!(!expanded.contains("$("), "unresolved reference in {arg}");
+            expanded
+        })
+        .collect()
+}
+
+/// The args `ward inject` gives `ward init` and `ward proxy`, exclusions
+/// included, are ones the real binary accepts: parsing stops at the first
+/// unknown flag or bad value, before `--help`.
+#[test]
+fn injected_args_parse_with_the_real_binary() {
+    let out = ward(&["inject"], Some(ANNOTATED_POD));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod = &documents(&String::from_utf8(out.stdout).unwrap())[0];
+    let containers = pod["spec"]["initContainers"].as_array().unwrap();
+    let container = |name: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {containers:?}"))
+    };
+    let help = |args: &[String]| {
+        let mut args = args.to_vec();
+        args.push("--help".into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ward(&refs, None)
+    };
+    for (name, subcommand) in [("ward-init", "init"), ("ward-proxy", "proxy")] {
+        let c = container(name);
+        assert_eq!(c["command"], serde_json::json!(["ward"]), "{name}");
+        let args = expand(pod, c);
+        assert_eq!(args[0], subcommand, "{name}");
+        let out = help(&args);
+        assert!(
+            out.status.success(),
+            "{name}: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The check has teeth: a value ward refuses fails it.
+        let mut broken = args.clone();
+        let port = broken.iter().position(|a| a == "--inbound-port").unwrap();
+        broken[port + 1] = "not-a-port".into();
+        assert!(!help(&broken).status.success(), "{name}: {broken:?}");
+    }
+    let init = expand(pod, container("ward-init"));
+    for (flag, value) in [
+        ("--exclude-inbound-ports", "22,9090"),
+        ("--exclude-outbound-ports", "5432"),
+        (
+            "--exclude-outbound-cidrs",
+            "10.96.0.0/12,169.254.169.254/32",
+        ),
+    ] {
+        let at = init.iter().position(|a| a == flag);
+        assert_eq!(at.map(|i| init[i + 1].as_str()), Some(value), "{init:?}");
+    }
+    // clap takes --identity as text; the expanded one must be an SVID's ID.
+    let proxy = expand(pod, container("ward-proxy"));
+    let at = proxy.iter().position(|a| a == "--identity").unwrap();
+    let id = ward_config::SpiffeId::parse(&proxy[at + 1]).expect("a SPIFFE ID");
+    assert_eq!(id.as_str(), "spiffe://cluster.local/ns/shop/sa/api");
+}
+
 /// Schema validation with `kubernetes-validate` (pip install
 /// kubernetes-validate), when installed; otherwise says why it skipped.
 #[test]

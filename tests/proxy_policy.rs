@@ -111,6 +111,83 @@ allow:
   - { name: everyone, from: [everyone], to: orders }
 "#;
 
+/// [`EVERYONE`], with web also named exactly.
+const EVERYONE_AND_WEB: &str = r#"roles:
+  everyone: ["spiffe://mesh.test/ns/shop/sa/*"]
+  frontend: ["spiffe://mesh.test/ns/shop/sa/web"]
+allow:
+  - { name: everyone, from: [everyone], to: orders }
+"#;
+
+/// Metric labels are bounded by the mesh file: a peer it does not name
+/// (here admitted by a wildcard only) is counted as `other` in every
+/// per-peer family, and never appears in a series; once a reload names
+/// it, new connections carry its ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_peers_the_mesh_file_names_label_metrics() {
+    let m = mesh(http_app().await, "http", EVERYONE).await;
+    let web = workload("web");
+    let series = |peer: &str| {
+        [
+            format!("ward_tls_handshakes_total{{direction=\"inbound\",peer=\"{peer}\"}}"),
+            format!("ward_tcp_connections_closed_total{{direction=\"inbound\",peer=\"{peer}\"}}"),
+            format!(
+                "ward_http_requests_total{{direction=\"inbound\",peer=\"{peer}\",status_code=\"200\"}}"
+            ),
+            format!(
+                "ward_http_request_duration_seconds_count{{direction=\"inbound\",peer=\"{peer}\"}}"
+            ),
+        ]
+    };
+    let counted = |peer: String, expected: f64| {
+        let orders = &m.orders;
+        async move {
+            poll(Duration::from_secs(5), || async {
+                let text = orders.metrics().await;
+                series(&peer)
+                    .iter()
+                    .all(|s| metric_value(&text, s) == Some(expected))
+            })
+            .await
+        }
+    };
+    let received = |peer: &str| {
+        format!("ward_tcp_bytes_total{{direction=\"inbound\",flow=\"received\",peer=\"{peer}\"}}")
+    };
+
+    let answers = http1_requests(m.web.forwards[0], &[("GET", "/")]).await;
+    assert_eq!(answers[0].0, 200);
+    assert!(
+        counted("other".into(), 1.0).await,
+        "{}",
+        m.orders.metrics().await
+    );
+    assert!(m.orders.metric(&received("other")).await > 0.0);
+    let text = m.orders.metrics().await;
+    assert!(!text.contains(web.as_str()), "web's ID is a series: {text}");
+
+    m.set_policy(EVERYONE_AND_WEB);
+    let reloaded = "ward_policy_reloads_total{result=\"success\"}";
+    assert!(
+        poll(Duration::from_secs(5), || async {
+            m.orders.metric(reloaded).await >= 2.0
+        })
+        .await
+    );
+    let answers = http1_requests(m.web.forwards[0], &[("GET", "/")]).await;
+    assert_eq!(answers[0].0, 200);
+    assert!(
+        counted(web.to_string(), 1.0).await,
+        "{}",
+        m.orders.metrics().await
+    );
+    assert!(m.orders.metric(&received(web.as_str())).await > 0.0);
+    assert!(
+        counted("other".into(), 1.0).await,
+        "the first connection stays where it was"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_is_denied_by_default() {
     let (app, accepted) = echo_app().await;

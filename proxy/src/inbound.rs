@@ -1,7 +1,8 @@
 //! Inbound: terminate mutual TLS from other sidecars and forward to the
 //! local app. The handshake requires a client SVID of our trust domain;
-//! the verified peer identity labels every metric and log line (and is
-//! what policy will authorize, issue 4). The port's declared protocol picks
+//! the verified peer identity is what the policy authorizes and what log
+//! lines name, and labels the metrics if the mesh file names it (else
+//! `peer="other"`, see `metrics`). The port's declared protocol picks
 //! the path: `tcp` is spliced at once (server-speaks-first safe), `http` is
 //! served request by request, `detect` sniffs first (see `http::detect`).
 
@@ -22,7 +23,7 @@ use crate::http::{
     detect::{Detected, sniff},
 };
 use crate::listener::{ConnectionRecord, accept_loop};
-use crate::metrics::INBOUND;
+use crate::metrics::{INBOUND, OTHER_PEER};
 use crate::tls::failure::handshake_failure;
 use crate::tls::peer_id;
 use crate::upstream::{self, Upstream};
@@ -115,11 +116,14 @@ async fn handle(
         handshake_error("invalid_certificate");
         return;
     };
-    record.peer = peer.to_string();
+    let snapshot = shared.registry.snapshot();
+    record.peer = snapshot.peer_label(&peer).to_string();
+    if record.peer == OTHER_PEER {
+        tracing::debug!(%client, %peer, "peer not named in the mesh file: counted as peer=\"other\"");
+    }
     m.handshakes
         .with_label_values(&[INBOUND, &record.peer])
         .inc();
-    let snapshot = shared.registry.snapshot();
     let authz = Inbound::new(
         peer,
         &shared,

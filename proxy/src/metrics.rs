@@ -1,7 +1,18 @@
 //! The proxy's Prometheus metrics. Every family starts with `ward_`; labels
 //! are bounded: a direction, a reason from a fixed list, a result, and
-//! identities/services from the mesh file or a verified certificate (never
-//! paths, addresses or anything else a client picks freely).
+//! identities/services that the mesh file names (never paths, addresses or
+//! anything else a client picks freely).
+//!
+//! The `peer` label is, inbound, the verified client's SPIFFE ID only when
+//! the current mesh file names it exactly (a service's identity or an exact
+//! role member; `Snapshot::peer_label`), else [`OTHER_PEER`]: a valid
+//! certificate is not enough, since anyone who can get one (with the
+//! Kubernetes CA, anyone who can create a ServiceAccount) could otherwise
+//! add series, histogram buckets included, to every pod they can reach.
+//! Outbound it is the destination service's name from the mesh file.
+//! Besides: `unknown` (closed before authentication), `probe` (kubelet's
+//! plaintext probes) and `egress` (let out of the mesh). The full ID of an
+//! `other` peer is in the logs.
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -12,6 +23,9 @@ use prometheus::{
 /// `direction` label values.
 pub const INBOUND: &str = "inbound";
 pub const OUTBOUND: &str = "outbound";
+
+/// The `peer` label of a verified peer that the mesh file does not name.
+pub const OTHER_PEER: &str = "other";
 
 pub struct ProxyMetrics {
     registry: Registry,
@@ -48,7 +62,7 @@ impl ProxyMetrics {
             ),
             connections_closed: counter(
                 "ward_tcp_connections_closed_total",
-                "TCP connections closed, by peer (SPIFFE ID inbound, service outbound; \"unknown\" before authentication).",
+                "TCP connections closed, by peer (inbound: SPIFFE ID if the mesh file names it, else \"other\"; outbound: service; \"unknown\" before authentication).",
                 &["direction", "peer"],
             ),
             open_connections: IntGaugeVec::new(
@@ -66,7 +80,7 @@ impl ProxyMetrics {
             ),
             handshakes: counter(
                 "ward_tls_handshakes_total",
-                "Mesh TLS handshakes completed, by peer (SPIFFE ID inbound, service outbound).",
+                "Mesh TLS handshakes completed, by peer (inbound: SPIFFE ID if the mesh file names it, else \"other\"; outbound: service).",
                 &["direction", "peer"],
             ),
             handshake_errors: counter(

@@ -15,15 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use ward_config::SpiffeId;
 use ward_config::mesh::{MeshConfig, MeshError, PortSpec, Service, match_destination};
+use ward_config::policy::IdentityPattern;
 use ward_config::policy::engine::{Engine, PolicyTooLarge};
 
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{OTHER_PEER, ProxyMetrics};
 
 /// One loaded mesh file and its compiled policy, with what every inbound
 /// connection asks computed once per load.
@@ -35,6 +36,9 @@ pub struct Snapshot {
     /// Service names by endpoint IP: outbound lookups in transparent mode
     /// are one hash lookup instead of a scan of every endpoint.
     by_ip: HashMap<IpAddr, Vec<String>>,
+    /// The identities the file names exactly (services' identities and
+    /// exact role members): the only ones that may be a `peer` label.
+    named: HashSet<SpiffeId>,
 }
 
 impl Snapshot {
@@ -56,12 +60,35 @@ impl Snapshot {
                 }
             }
         }
+        let exact_members = mesh.policy.roles.values().flat_map(|role| {
+            role.members.iter().filter_map(|member| match member {
+                IdentityPattern::Exact(id) => Some(id.clone()),
+                IdentityPattern::Segment(_) => None,
+            })
+        });
+        let named = by_identity.keys().cloned().chain(exact_members).collect();
         Ok(Self {
             mesh,
             engine,
             by_identity,
             by_ip,
+            named,
         })
+    }
+
+    /// The `peer` label for a verified peer: its SPIFFE ID when this mesh
+    /// file names it exactly (a service's identity or a role member),
+    /// `other` for anyone else. A certificate alone never adds a series:
+    /// whoever can get an SVID (with the Kubernetes CA, anyone who can
+    /// create a ServiceAccount) could otherwise add series without bound.
+    /// Wildcard role members (`.../sa/*`) name no one in particular, so the
+    /// peers they admit are `other` too unless named exactly elsewhere.
+    pub fn peer_label<'a>(&self, peer: &'a SpiffeId) -> &'a str {
+        if self.named.contains(peer) {
+            peer.as_str()
+        } else {
+            OTHER_PEER
+        }
     }
 
     /// The service (and port) an outbound connection to `dst` is for, by
@@ -207,6 +234,8 @@ services:
     identity: spiffe://t.local/ns/shop/sa/db
     endpoints: [10.1.0.7:6379, \"[fd00::9]:6379\"]
     ports: [{port: 6379, protocol: tcp}]
+roles:
+  clients: [spiffe://t.local/ns/shop/sa/web, \"spiffe://t.local/ns/batch/sa/*\"]
 ";
 
     /// The index answers exactly what a scan of the whole mesh answers.
@@ -235,5 +264,32 @@ services:
             }
         }
         assert_eq!(hits, 12, "the table exercises matches and misses");
+    }
+
+    /// Only identities the file names exactly become labels: a service's,
+    /// an exact role member; a wildcard member or a stranger is `other`.
+    #[test]
+    fn peer_labels_are_the_identities_the_file_names() {
+        let snapshot = Snapshot::new(MeshConfig::parse(MESH, "mesh.yaml").expect("valid mesh"))
+            .expect("compiles");
+        for (id, label) in [
+            (
+                "spiffe://t.local/ns/shop/sa/orders",
+                "spiffe://t.local/ns/shop/sa/orders",
+            ),
+            (
+                "spiffe://t.local/ns/shop/sa/db",
+                "spiffe://t.local/ns/shop/sa/db",
+            ),
+            (
+                "spiffe://t.local/ns/shop/sa/web",
+                "spiffe://t.local/ns/shop/sa/web",
+            ),
+            ("spiffe://t.local/ns/batch/sa/nightly", OTHER_PEER),
+            ("spiffe://t.local/ns/shop/sa/minted-4711", OTHER_PEER),
+        ] {
+            let id = SpiffeId::parse(id).expect("an ID");
+            assert_eq!(snapshot.peer_label(&id), label, "{id}");
+        }
     }
 }

@@ -122,13 +122,26 @@ pub enum InjectError {
 
 /// Adds ward's sidecar to one object, if it is a workload that wants it.
 pub fn inject(config: &Config, object: &Value) -> Result<Outcome, InjectError> {
-    let Some(template_path) = template_path(object) else {
-        return Ok(Outcome::Skipped(SkipReason::NotAWorkload));
-    };
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    match template_path(object) {
+        Some((kind, template_path)) => inject_template(config, object, kind, template_path),
+        None => Ok(Outcome::Skipped(SkipReason::NotAWorkload)),
+    }
+}
+
+/// Adds ward's sidecar to `object` as a Pod, whatever its own `kind` and
+/// `apiVersion` say, if anything: the admission webhook knows the kind
+/// from the API server's request, not from the object.
+pub fn inject_pod(config: &Config, object: &Value) -> Result<Outcome, InjectError> {
+    inject_template(config, object, "Pod", "")
+}
+
+/// Injects the pod template at `template_path` of `object`, a `kind`.
+fn inject_template(
+    config: &Config,
+    object: &Value,
+    kind: &str,
+    template_path: &str,
+) -> Result<Outcome, InjectError> {
     let mut injected = object.clone();
     let template = match injected.pointer_mut(template_path) {
         Some(Value::Object(template)) => template,
@@ -156,23 +169,24 @@ pub fn inject(config: &Config, object: &Value) -> Result<Outcome, InjectError> {
     }
 }
 
-/// Where the pod template sits in an object of a kind ward injects: the
-/// JSON pointer of the map holding the pod's `metadata` and `spec`.
-fn template_path(object: &Value) -> Option<&'static str> {
+/// The kind of an object ward injects and where its pod template sits:
+/// the JSON pointer of the map holding the pod's `metadata` and `spec`.
+fn template_path(object: &Value) -> Option<(&str, &'static str)> {
     let kind = object.get("kind")?.as_str()?;
     let api_version = object.get("apiVersion")?.as_str()?;
     // "v1" is the core group; "apps/v1" is group "apps". A CRD that reuses a
     // built-in kind name in its own group is not ours to change.
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    match (group, kind) {
-        ("", "Pod") => Some(""),
+    let path = match (group, kind) {
+        ("", "Pod") => "",
         ("apps" | "extensions", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
-            Some("/spec/template")
+            "/spec/template"
         }
-        ("batch", "Job") => Some("/spec/template"),
-        ("batch", "CronJob") => Some("/spec/jobTemplate/spec/template"),
-        _ => None,
-    }
+        ("batch", "Job") => "/spec/template",
+        ("batch", "CronJob") => "/spec/jobTemplate/spec/template",
+        _ => return None,
+    };
+    Some((kind, path))
 }
 
 /// A field's dotted name for messages (`spec.template.spec.volumes`), from

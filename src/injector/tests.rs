@@ -1,9 +1,9 @@
 //! The webhook's decision on real AdmissionReview v1 documents
-//! (tests/data/admission/): the patch is applied with a small RFC 6902
-//! applier below and must give exactly `ward::inject`'s result.
+//! (tests/data/admission/): the patch is applied with the `json-patch`
+//! crate (not ward's code) and must give exactly `ward::inject`'s result.
 
 use base64::Engine;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::patch::diff;
 use super::review::Verdict;
@@ -41,40 +41,14 @@ fn patch_of(response: &Value) -> Vec<Value> {
     }
 }
 
-/// A test-only RFC 6902 applier for the operations `diff` emits.
+/// `document` with `ops` applied by the `json-patch` crate: an RFC 6902
+/// implementation independent of `patch::diff`, strict about every
+/// operation (a `replace` or `remove` of a missing member fails).
 fn apply(document: &Value, ops: &[Value]) -> Value {
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.to_vec())).expect("RFC 6902 operations");
     let mut doc = document.clone();
-    for op in ops {
-        let path = op["path"].as_str().expect("path");
-        let (parent, token) = match path.rsplit_once('/') {
-            Some((parent, token)) => (parent, token.replace("~1", "/").replace("~0", "~")),
-            None => {
-                assert_eq!(op["op"], "replace", "only replace may target the root");
-                doc = op["value"].clone();
-                continue;
-            }
-        };
-        let map: &mut Map<String, Value> = doc
-            .pointer_mut(parent)
-            .and_then(Value::as_object_mut)
-            .unwrap_or_else(|| panic!("{path}: parent is not a map"));
-        match op["op"].as_str() {
-            Some("add") => {
-                map.insert(token, op["value"].clone());
-            }
-            Some("replace") => {
-                assert!(map.contains_key(&token), "{path}: replace of a missing key");
-                map.insert(token, op["value"].clone());
-            }
-            Some("remove") => {
-                assert!(
-                    map.remove(&token).is_some(),
-                    "{path}: remove of a missing key"
-                );
-            }
-            other => panic!("unexpected op {other:?}"),
-        }
-    }
+    json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{e}: {ops:?}"));
     doc
 }
 
@@ -153,14 +127,83 @@ fn only_a_pod_creation_is_mutated() {
     let update = edited(|r| r["operation"] = json!("UPDATE"));
     let subresource = edited(|r| r["subResource"] = json!("ephemeralcontainers"));
     let deployment = edited(|r| {
+        r["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        r["resource"] = json!({"group": "apps", "version": "v1", "resource": "deployments"});
         r["object"] = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web"}, "spec": {"template": {"spec": {"containers": []}}}});
     });
-    let deleted = edited(|r| r["object"] = Value::Null);
+    let deleted = edited(|r| {
+        r["operation"] = json!("DELETE");
+        r["object"] = Value::Null;
+    });
     for response in [update, subresource, deployment, deleted] {
         assert_eq!(response["allowed"], true, "{response}");
         assert!(response.get("patch").is_none(), "{response}");
     }
+}
+
+/// Whether the request is a Pod's is what the API server says about the
+/// request, not what the object says about itself: a Pod whose object
+/// lacks (or misstates) `kind` and `apiVersion` is still injected.
+#[test]
+fn a_pod_is_known_by_the_request_not_by_its_object() {
+    let (request, _) = answer("pod-create.json");
+    let pod = &request["request"]["object"];
+    let Ok(Outcome::Injected { object: full, .. }) = inject::inject(&Config::default(), pod) else {
+        panic!("the sample pod should be injected");
+    };
+    let bare = |v: &Value| {
+        let mut v = v.clone();
+        let map = v.as_object_mut().expect("a map");
+        map.remove("kind");
+        map.remove("apiVersion");
+        v
+    };
+    let unkinded = edited(|r| r["object"] = bare(&r["object"]));
+    assert_eq!(unkinded["allowed"], true, "{unkinded}");
+    assert_eq!(apply(&bare(pod), &patch_of(&unkinded)), bare(&full));
+    // Either of request.kind and request.resource is enough to say "Pod".
+    let mislabelled = |edit: fn(&mut Value)| {
+        edited(|r| {
+            r["object"]["kind"] = json!("ConfigMap");
+            edit(r);
+        })
+    };
+    for response in [
+        mislabelled(|_| {}),
+        mislabelled(|r| r["kind"] = json!({"group": "", "version": "v1", "kind": "Binding"})),
+        mislabelled(|r| r["resource"] = json!({"group": "", "version": "v1", "resource": "x"})),
+        mislabelled(|r| r["kind"]["version"] = json!("v2")),
+    ] {
+        assert_eq!(response["patchType"], "JSONPatch", "{response}");
+    }
+}
+
+/// A Pod CREATE with no Pod in it cannot be injected: it is refused, not
+/// admitted as "not a Pod" (a pod without its sidecar, whatever the
+/// webhook's `failurePolicy`).
+#[test]
+fn a_pod_creation_without_a_pod_object_is_refused() {
+    let missing = edited(|r| {
+        r.as_object_mut().unwrap().remove("object");
+    });
+    let null = edited(|r| r["object"] = Value::Null);
+    let list = edited(|r| r["object"] = json!([{"kind": "Pod"}]));
+    let text = edited(|r| r["object"] = json!("a pod"));
+    for response in [missing, null, list, text] {
+        assert_eq!(response["allowed"], false, "{response}");
+        assert!(response.get("patch").is_none(), "{response}");
+        assert_eq!(response["status"]["code"], 400, "{response}");
+        let message = response["status"]["message"].as_str().expect("a message");
+        assert!(
+            message.starts_with("ward: Pod shop/(unnamed): request.object is missing"),
+            "{message}"
+        );
+    }
+    let mut doc: Value = serde_json::from_str(&load("pod-create.json")).unwrap();
+    doc["request"]["object"] = Value::Null;
+    let (_, decision) = review(&Config::default(), doc.to_string().as_bytes()).unwrap();
+    assert_eq!(decision.verdict, Verdict::Refused);
 }
 
 #[test]
@@ -218,6 +261,21 @@ fn malformed_reviews_are_errors_not_panics() {
             r#"{{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {uid}}}"#
         );
         assert_eq!(review_of(&body), Err(ReviewError::NoUid), "{body}");
+    }
+    // Without request.kind or request.resource, nothing says what the
+    // object is: an error, not "not a Pod".
+    for (field, value) in [("kind", Value::Null), ("resource", json!("pods"))] {
+        let mut doc: Value = serde_json::from_str(&load("pod-create.json")).unwrap();
+        doc["request"][field] = value;
+        assert_eq!(
+            review_of(&doc.to_string()),
+            Err(ReviewError::NoTarget(field))
+        );
+        doc["request"].as_object_mut().unwrap().remove(field);
+        assert_eq!(
+            review_of(&doc.to_string()),
+            Err(ReviewError::NoTarget(field))
+        );
     }
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(matches!(review_of(&deep), Err(ReviewError::NotJson(_))));

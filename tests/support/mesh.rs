@@ -146,8 +146,13 @@ pub fn write_mesh(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16)]) 
 /// As [`write_mesh`], with each port's declared protocol. The policy lets
 /// every workload of namespace `shop` reach every service (ward denies by
 /// default); tests of the policy itself use [`write_mesh_with_policy`].
+/// The tests' client, `web`, is also named exactly, so that metrics carry
+/// its ID (a peer only a wildcard admits is counted as `other`).
 pub fn write_mesh_protocols(path: &Path, services: &[(&str, &SpiffeId, SocketAddr, u16, &str)]) {
-    let mut policy = format!("roles:\n  everyone: [\"spiffe://{TD}/ns/shop/sa/*\"]\nallow:\n");
+    let mut policy = format!(
+        "roles:\n  everyone: [\"spiffe://{TD}/ns/shop/sa/*\", \"{}\"]\nallow:\n",
+        workload("web")
+    );
     for (name, ..) in services {
         policy.push_str(&format!(
             "  - {{ name: all-to-{name}, from: [everyone], to: {name} }}\n"
