@@ -56,13 +56,13 @@ pub enum StoreError {
         "{0} already holds a CA (found {1}); pass --force to replace it (this invalidates every issued SVID)"
     )]
     AlreadyExists(PathBuf, &'static str),
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Key { path: PathBuf, source: KeyError },
+    #[error("{path}: {error}")]
+    Key { path: PathBuf, error: KeyError },
     #[error("{path}: {reason}")]
     BadCertificate { path: PathBuf, reason: String },
     #[error("cannot create the CA: {0}")]
@@ -112,9 +112,9 @@ impl CaDir {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|source| StoreError::Io {
+            .map_err(|error| StoreError::Io {
                 path: self.dir.clone(),
-                source,
+                error,
             })?;
 
         let td = &opts.trust_domain;
@@ -130,9 +130,9 @@ impl CaDir {
         let intermediate = int_params.signed_by(&int_key, &root_issuer)?;
 
         let seal = |key: &KeyPair, file: &str| {
-            keys::seal(key, opts.passphrase.as_ref()).map_err(|source| StoreError::Key {
+            keys::seal(key, opts.passphrase.as_ref()).map_err(|error| StoreError::Key {
                 path: self.path(file),
-                source,
+                error,
             })
         };
         self.write(ROOT_KEY, seal(&root_key, ROOT_KEY)?.as_bytes())?;
@@ -160,9 +160,9 @@ impl CaDir {
         if keys::is_plaintext(&key_pem) {
             tracing::warn!(path = %key_path.display(), "the CA signing key is stored unencrypted");
         }
-        let key = keys::open(&key_pem, passphrase).map_err(|source| StoreError::Key {
+        let key = keys::open(&key_pem, passphrase).map_err(|error| StoreError::Key {
             path: key_path.clone(),
-            source,
+            error,
         })?;
 
         let bad = |reason: String| StoreError::BadCertificate {
@@ -221,7 +221,7 @@ impl CaDir {
         })?;
         let sequence = fs::metadata(&path)
             .and_then(|m| m.modified())
-            .map_err(|source| StoreError::Io { path, source })?
+            .map_err(|error| StoreError::Io { path, error })?
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         Ok((bundle, sequence))
@@ -246,7 +246,7 @@ impl CaDir {
 
     fn read(&self, file: &str) -> Result<String, StoreError> {
         let path = self.path(file);
-        fs::read_to_string(&path).map_err(|source| StoreError::Io { path, source })
+        fs::read_to_string(&path).map_err(|error| StoreError::Io { path, error })
     }
 
     fn read_cert(&self, file: &str) -> Result<Vec<u8>, StoreError> {
@@ -270,9 +270,9 @@ impl CaDir {
     fn write(&self, file: &str, contents: &[u8]) -> Result<(), StoreError> {
         let path = self.path(file);
         let tmp = self.path(&format!(".{file}.tmp"));
-        let io = |source| StoreError::Io {
+        let io = |error| StoreError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()

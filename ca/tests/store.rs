@@ -219,14 +219,14 @@ fn passphrase_encrypts_keys_at_rest() {
     match dir.load(Some(&pass("wrong passphrase")), now) {
         Err(StoreError::Key {
             path,
-            source: KeyError::WrongPassphrase,
+            error: KeyError::WrongPassphrase,
         }) => assert_eq!(path, key_path),
         other => panic!("expected WrongPassphrase, got {other:?}"),
     }
     match dir.load(None, now) {
         Err(StoreError::Key {
             path,
-            source: KeyError::PassphraseRequired,
+            error: KeyError::PassphraseRequired,
         }) => assert_eq!(path, key_path),
         other => panic!("expected PassphraseRequired, got {other:?}"),
     }
