@@ -57,6 +57,24 @@ fn init_ca(tmp: &Path) -> (String, String) {
     (dir, pass)
 }
 
+/// `ward ca token` for `id`, valid for 10 minutes.
+fn ca_token(dir: &str, pass: &str, id: &SpiffeId) -> String {
+    let out = run(ward(&[
+        "ca",
+        "token",
+        "--dir",
+        dir,
+        "--identity",
+        id.as_str(),
+        "--ttl",
+        "10m",
+        "--passphrase-file",
+        pass,
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn init_requires_an_explicit_key_protection_choice() {
     let tmp = tempfile::tempdir().unwrap();
@@ -273,20 +291,7 @@ async fn serve_issues_svids_to_token_holders_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, pass) = init_ca(tmp.path());
     let id = SpiffeId::parse("spiffe://cli.test/ns/shop/sa/web").unwrap();
-    let out = run(ward(&[
-        "ca",
-        "token",
-        "--dir",
-        &dir,
-        "--identity",
-        id.as_str(),
-        "--ttl",
-        "10m",
-        "--passphrase-file",
-        &pass,
-    ]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = ca_token(&dir, &pass, &id);
     assert!(token.starts_with("ward1."));
 
     let out = run(ward(&["ca", "bundle", "--dir", &dir]));
@@ -386,17 +391,7 @@ async fn serve_with_the_kubernetes_authenticator_issues_to_service_accounts() {
     assert_eq!(Svid::install(&key, &chain, &id).unwrap().id, id);
     assert_eq!(api.seen()[0].body["spec"]["audiences"][0], "ward");
 
-    let out = run(ward(&[
-        "ca",
-        "token",
-        "--dir",
-        &dir,
-        "--identity",
-        id.as_str(),
-        "--passphrase-file",
-        &pass,
-    ]));
-    let join_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let join_token = ca_token(&dir, &pass, &id);
     match client.request_svid(&join_token, &csr).await {
         Err(CaClientError::Refused { status, reason, .. }) => {
             assert_eq!(status.as_u16(), 401);

@@ -24,15 +24,31 @@ const WEB: &str = "spiffe://test.ward/ns/shop/sa/web";
 
 type MakeAuthenticator = Box<dyn FnOnce(&Authority, &CaMetrics) -> Arc<dyn Authenticator>>;
 
-fn reviewer_with(api: &FakeKubeApi, settings: ReviewSettings) -> MakeAuthenticator {
+/// A TokenReviewer asking `api`, built from the CA's authority and metrics.
+fn make_reviewer(
+    api: &FakeKubeApi,
+    settings: ReviewSettings,
+) -> impl FnOnce(&Authority, &CaMetrics) -> TokenReviewer + 'static {
     let client = api.client();
+    move |authority, metrics| {
+        TokenReviewer::new(client, settings, authority.trust_domain().clone(), metrics)
+    }
+}
+
+fn reviewer_with(api: &FakeKubeApi, settings: ReviewSettings) -> MakeAuthenticator {
+    let make = make_reviewer(api, settings);
+    Box::new(move |authority, metrics| Arc::new(make(authority, metrics)))
+}
+
+/// ServiceAccount tokens through `api`, and join tokens too when `join`.
+fn by_form(api: &FakeKubeApi, join: bool) -> MakeAuthenticator {
+    let make = make_reviewer(api, ReviewSettings::new("ward"));
     Box::new(move |authority, metrics| {
-        Arc::new(TokenReviewer::new(
-            client,
-            settings,
-            authority.trust_domain().clone(),
-            metrics,
-        ))
+        Arc::new(ByForm {
+            join_tokens: join
+                .then(|| Box::new(JoinTokens::new(authority)) as Box<dyn Authenticator>),
+            kubernetes: Some(Box::new(make(authority, metrics))),
+        })
     })
 }
 
@@ -349,19 +365,7 @@ async fn one_ca_can_take_both_kinds_of_credential_and_refuses_a_disabled_kind() 
     api.answer(&sa_token, Answer::Recorded(201, "authenticated"));
     let (_key, csr) = csr_for(WEB);
 
-    let client = api.client();
-    let both = TestServer::start_authenticated(short_limits(), None, move |authority, metrics| {
-        Arc::new(ByForm {
-            join_tokens: Some(Box::new(JoinTokens::new(authority))),
-            kubernetes: Some(Box::new(TokenReviewer::new(
-                client,
-                ReviewSettings::new("ward"),
-                authority.trust_domain().clone(),
-                metrics,
-            ))),
-        })
-    })
-    .await;
+    let both = TestServer::start_authenticated(short_limits(), None, by_form(&api, true)).await;
     let (join_token, _) = both.token(WEB);
     for token in [&join_token, &sa_token] {
         let resp = both.post_svid(Some(&bearer(token)), csr.clone()).await;
@@ -373,20 +377,8 @@ async fn one_ca_can_take_both_kinds_of_credential_and_refuses_a_disabled_kind() 
         "the join token was not sent for review"
     );
 
-    let client = api.client();
     let pods_only =
-        TestServer::start_authenticated(short_limits(), None, move |authority, metrics| {
-            Arc::new(ByForm {
-                join_tokens: None,
-                kubernetes: Some(Box::new(TokenReviewer::new(
-                    client,
-                    ReviewSettings::new("ward"),
-                    authority.trust_domain().clone(),
-                    metrics,
-                ))),
-            })
-        })
-        .await;
+        TestServer::start_authenticated(short_limits(), None, by_form(&api, false)).await;
     let (join_token, _) = pods_only.token(WEB);
     let resp = pods_only
         .expect_denied(
