@@ -61,6 +61,16 @@ services:
     ports:
       - port: $APP
         protocol: tcp
+# ward denies by default: the load client is allowed, so every connection
+# pays for a policy decision, as in production.
+roles:
+  load:
+    - spiffe://$td/ns/bench/sa/client
+allow:
+  - name: load-to-app
+    from: [load]
+    to: app
+    ports: [$APP]
 EOF
 common=(--ca https://127.0.0.1:$WARD_CA --ca-bundle "$work/ca/root.pem" --mesh "$work/mesh.yaml")
 sleep 0.3
