@@ -3,6 +3,7 @@
 
 pub mod adversary;
 pub mod apps;
+pub mod deploy;
 pub mod https;
 #[path = "../../ca/tests/support/kube_api.rs"]
 pub mod kube_api;
