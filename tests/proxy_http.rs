@@ -5,36 +5,16 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::apps::{http_app, http1_requests};
+use support::apps::{banner_app, http_app, http1_requests, http2_requests, read_banner, websocket};
 use support::mesh::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use ward_proxy::settings::Limits;
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// A server that speaks first: writes a banner as soon as a client connects.
-async fn banner_app() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"220 banner\r\n").await;
-                let mut buf = [0u8; 16];
-                let _ = tcp.read(&mut buf).await;
-            });
-        }
-    });
-    addr
-}
 
 struct Mesh {
     _ca: TestCa,
@@ -121,26 +101,11 @@ async fn http2_prior_knowledge_is_detected_and_served() {
         Duration::from_secs(5),
     )
     .await;
-    let tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut answers = Vec::new();
-    for _ in 0..3 {
-        let req = Request::get("http://orders/")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        answers.push(resp.into_body().collect().await.unwrap().to_bytes());
-    }
+    let answers = http2_requests(m.web.forwards[0], &["/", "/", "/"]).await;
     assert!(
-        answers.iter().all(|b| b.as_ref() == b"hello HTTP/2.0"),
+        answers
+            .iter()
+            .all(|a| *a == (200, "hello HTTP/2.0".to_string())),
         "{answers:?}"
     );
     assert_eq!(m.orders.metric(&requests_series(200)).await, 3.0);
@@ -155,29 +120,7 @@ async fn upgrades_pass_through() {
         Duration::from_secs(5),
     )
     .await;
-    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed before the 101 head: {}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut tcp = websocket(m.web.forwards[0]).await;
     tcp.write_all(b"ping over the upgraded connection")
         .await
         .unwrap();
@@ -224,13 +167,7 @@ async fn server_speaks_first_on_a_tcp_port_is_not_delayed() {
         ..Limits::default()
     };
     let m = mesh(banner_app().await, "tcp", limits, Duration::from_secs(5)).await;
-    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
-    let mut banner = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut banner))
-        .await
-        .expect("the banner arrives without the client sending anything")
-        .unwrap();
-    assert_eq!(&banner, b"220 banner\r\n");
+    read_banner(m.web.forwards[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,15 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,17 +99,163 @@ pub async fn http1_requests(
             .await
             .unwrap()
             .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = resp.status().as_u16();
-        let id = resp
-            .headers()
+        let (status, headers, body) = answer(sender.send_request(req)).await;
+        let id = headers
             .get("x-request-id")
             .map(|v| v.to_str().unwrap().to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
         out.push((status, id, String::from_utf8_lossy(&body).into_owned()));
     }
     out
+}
+
+/// (status, body) of GET requests sent as HTTP/2 (prior knowledge) on one
+/// connection, one after the other.
+pub async fn http2_requests(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for path in paths {
+        let req = Request::get(format!("http://orders{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (status, _, body) = answer(sender.send_request(req)).await;
+        out.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+/// A server that speaks first: writes a banner as soon as a client connects.
+pub async fn banner_app() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"220 banner\r\n").await;
+                let mut buf = [0u8; 16];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Connects to `addr` and, sending nothing, reads [`banner_app`]'s banner
+/// (10 s at most); how long it took from the connect.
+pub async fn read_banner(addr: SocketAddr) -> Duration {
+    let start = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut banner = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut banner))
+        .await
+        .expect("the banner arrives without the client sending anything")
+        .unwrap();
+    assert_eq!(&banner, b"220 banner\r\n");
+    start.elapsed()
+}
+
+/// Asks [`http_app`] through `addr` for a WebSocket upgrade and checks the
+/// 101; the connection, now a byte stream to the app's echo.
+pub async fn websocket(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: orders\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// Reads an HTTP/1 response head up to its blank line, a byte at a time so
+/// that nothing after it (an upgraded stream) is consumed; 5 s per byte.
+pub async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("the head arrives")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the end of the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An app that counts the requests it gets and answers each with the body
+/// it received (HTTP/1.1 or h2c).
+pub async fn echo_body_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// An app's HTTP/1 keep-alive connection to `addr`, for [`h1_send`].
+pub async fn h1_connection(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends `req` on `sender`: (status, body).
+pub async fn h1_send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (u16, Bytes) {
+    tokio::time::timeout(Duration::from_secs(10), sender.ready())
+        .await
+        .expect("the connection is ready in time")
+        .unwrap();
+    let (status, _, body) = answer(sender.send_request(req)).await;
+    (status, body)
+}
+
+/// A response (its head within 10 s, its body within 20 s more):
+/// (status, headers, body).
+async fn answer(
+    response: impl Future<Output = hyper::Result<Response<Incoming>>>,
+) -> (u16, HeaderMap, Bytes) {
+    let resp = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let (head, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("the body arrives in time")
+        .unwrap();
+    (head.status.as_u16(), head.headers, body.to_bytes())
 }

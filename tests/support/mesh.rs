@@ -282,6 +282,18 @@ impl Sidecar {
     pub async fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics().await, series).unwrap_or(0.0)
     }
+
+    /// Waits (5 s at most) until `series` is `value`, then asserts it,
+    /// showing every metric if it is not.
+    pub async fn assert_metric(&self, series: &str, value: f64) {
+        poll(Duration::from_secs(5), || async {
+            self.metric(series).await == value
+        })
+        .await;
+        let text = self.metrics().await;
+        let seen = metric_value(&text, series).unwrap_or(0.0);
+        assert_eq!(seen, value, "{series}; the sidecar's metrics:\n{text}");
+    }
 }
 
 impl Drop for Sidecar {

@@ -1,0 +1,495 @@
+//! HTTP on the outbound side: the client sidecar (`web`) serves the app's
+//! plaintext connection request by request and carries it over mTLS to
+//! `orders`. Checked on the client sidecar's own metrics (`direction=
+//! "outbound"`, `peer="orders"`): per-request counts, 503/502 answers when
+//! orders cannot be reached or is not who the mesh file says, opaque `tcp`
+//! ports, detection, upgrades, large bodies, hop-by-hop headers, drain, and
+//! a mesh connection the peer closes between requests. Real sockets and
+//! real TLS on loopback; every wait is bounded.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::sign::SingleCertAndKey;
+use support::apps::{
+    banner_app, echo_body_app, h1_connection, h1_send, http_app, http1_requests, http2_requests,
+    read_banner, websocket,
+};
+use support::mesh::*;
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use ward_config::TrustDomain;
+use ward_proxy::settings::Limits;
+use ward_proxy::tls::config::server_config;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const OUT_COUNT: &str =
+    "ward_http_request_duration_seconds_count{direction=\"outbound\",peer=\"orders\"}";
+const OUT_HANDSHAKES: &str = "ward_tls_handshakes_total{direction=\"outbound\",peer=\"orders\"}";
+/// Any outbound per-request series at all.
+const ANY_OUT_REQUEST: &str = "ward_http_requests_total{direction=\"outbound\"";
+
+fn outbound(status: u16) -> String {
+    format!(
+        "ward_http_requests_total{{direction=\"outbound\",peer=\"orders\",status_code=\"{status}\"}}"
+    )
+}
+
+/// How the two sidecars of a test are set up.
+struct Opts {
+    protocol: &'static str,
+    /// The identity the server sidecar holds; the mesh file says `orders`.
+    server_id: &'static str,
+    /// Policy YAML; `None`: everyone in `shop` may reach orders.
+    policy: Option<&'static str>,
+    client: Limits,
+    server: Limits,
+    drain: Duration,
+}
+
+impl Opts {
+    fn on(protocol: &'static str) -> Self {
+        Self {
+            protocol,
+            ..Self::default()
+        }
+    }
+
+    /// `protocol` with both sidecars detecting for `detect_timeout`.
+    fn detecting(protocol: &'static str, detect_timeout: Duration) -> Self {
+        let limits = Limits {
+            detect_timeout,
+            ..Limits::default()
+        };
+        Self {
+            client: limits.clone(),
+            server: limits,
+            ..Self::on(protocol)
+        }
+    }
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            protocol: "http",
+            server_id: "orders",
+            policy: None,
+            client: Limits::default(),
+            server: Limits::default(),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Mesh {
+    _ca: TestCa,
+    web: Sidecar,
+    orders: Sidecar,
+}
+
+/// app --> web sidecar (`--forward` to orders:PORT) ==mTLS==> orders
+/// sidecar --> `app`, the port declared `opts.protocol`.
+async fn mesh(app: SocketAddr, opts: Opts) -> Mesh {
+    let ca = TestCa::start(DAY).await;
+    let path = ca.tmp.path().join("mesh.yaml");
+    let write = |endpoint: SocketAddr| {
+        let service = [(
+            "orders",
+            &workload("orders"),
+            endpoint,
+            app.port(),
+            opts.protocol,
+        )];
+        match opts.policy {
+            Some(policy) => write_mesh_with_policy(&path, &service, policy),
+            None => write_mesh_protocols(&path, &service),
+        }
+    };
+    // The server's inbound port goes into the mesh file once it is bound.
+    write(app);
+    let mut server = SidecarSpec::new(&ca, workload(opts.server_id), path.clone());
+    server.app = Some(app);
+    server.limits = opts.server;
+    server.drain_timeout = opts.drain;
+    let orders = server.start().await;
+    write(orders.inbound.unwrap());
+    assert!(
+        orders.wait_ready(Duration::from_secs(10)).await,
+        "orders ready"
+    );
+    let web = web_sidecar(&ca, path, app.port(), opts.client, opts.drain).await;
+    Mesh {
+        _ca: ca,
+        web,
+        orders,
+    }
+}
+
+/// The `web` sidecar alone, forwarding to orders:`port` as the mesh file says.
+async fn web_sidecar(
+    ca: &TestCa,
+    mesh: PathBuf,
+    port: u16,
+    limits: Limits,
+    drain: Duration,
+) -> Sidecar {
+    let mut client = SidecarSpec::new(ca, workload("web"), mesh);
+    client.forwards = vec![("orders".into(), port)];
+    client.limits = limits;
+    client.drain_timeout = drain;
+    let web = client.start().await;
+    assert!(web.wait_ready(Duration::from_secs(10)).await, "web ready");
+    web
+}
+
+/// A `web` sidecar for which orders (an `http` port) is at `endpoint`.
+async fn web_towards(ca: &TestCa, endpoint: SocketAddr) -> Sidecar {
+    let path = ca.tmp.path().join("web-mesh.yaml");
+    let service = [("orders", &workload("orders"), endpoint, 8080, "http")];
+    write_mesh_protocols(&path, &service);
+    web_sidecar(ca, path, 8080, Limits::default(), Duration::from_secs(5)).await
+}
+
+/// A stand-in for orders' sidecar: TLS exactly as a sidecar (orders' SVID,
+/// client SVIDs required), then HTTP/1 answering each request with the
+/// header lines it received, or (`drop_requests`) closing the connection
+/// once the request has been read, without an answer.
+async fn fake_orders_sidecar(ca: &TestCa, drop_requests: bool) -> SocketAddr {
+    let authority = ca.dir.load(None, OffsetDateTime::now_utc()).unwrap();
+    let svid = support::svid(&authority, &workload("orders"), DAY);
+    let certs = Arc::new(SingleCertAndKey::from(svid.certified.clone()));
+    let td = TrustDomain::new(TD).unwrap();
+    let config = server_config(certs, support::roots(&ca.dir), td).unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if drop_requests {
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    return;
+                }
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let lines: String = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                        .collect();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(lines))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `GET /` for orders.
+fn root() -> Request<Full<Bytes>> {
+    let req = Request::get("/").header("host", "orders");
+    req.body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_are_counted_outbound_over_one_mesh_connection() {
+    let m = mesh(http_app().await, Opts::default()).await;
+    let reqs = [("GET", "/"), ("GET", "/missing"), ("GET", "/")];
+    let answers = http1_requests(m.web.forwards[0], &reqs).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 404, 200]);
+    assert_eq!(answers[0].2, "hello HTTP/1.1");
+    m.web.assert_metric(&outbound(200), 2.0).await;
+    m.web.assert_metric(&outbound(404), 1.0).await;
+    m.web.assert_metric(OUT_COUNT, 3.0).await;
+    // One app connection, one mesh connection (opened at its first request).
+    m.web.assert_metric(OUT_HANDSHAKES, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_on_a_detect_port_is_counted_outbound() {
+    let m = mesh(http_app().await, Opts::on("detect")).await;
+    let answers = http2_requests(m.web.forwards[0], &["/", "/missing", "/"]).await;
+    assert_eq!(
+        answers[0],
+        (200, "hello HTTP/2.0".to_string()),
+        "h2 to the app"
+    );
+    assert_eq!(answers[1].0, 404);
+    assert_eq!(answers[2].0, 200);
+    m.web.assert_metric(&outbound(200), 2.0).await;
+    m.web.assert_metric(&outbound(404), 1.0).await;
+    m.web.assert_metric(OUT_COUNT, 3.0).await;
+}
+
+/// GETs allowed, but nothing under /api/admin.
+const GETS_BUT_NOT_ADMIN: &str = r#"roles: { frontend: ["spiffe://mesh.test/ns/shop/sa/web"] }
+allow: [{ name: gets, from: [frontend], to: orders, http: { methods: [GET] } }]
+deny: [{ name: no-admin, from: [frontend], to: orders, http: { paths: ["/api/admin/*"] } }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_the_server_sidecar_are_counted_outbound() {
+    let opts = Opts {
+        policy: Some(GETS_BUT_NOT_ADMIN),
+        ..Opts::default()
+    };
+    let m = mesh(http_app().await, opts).await;
+    let reqs = [
+        ("GET", "/api/a"),
+        ("GET", "/api/admin/keys"),
+        ("POST", "/api/a"),
+    ];
+    let answers = http1_requests(m.web.forwards[0], &reqs).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 403, 403], "{answers:?}");
+    m.web.assert_metric(&outbound(200), 1.0).await;
+    m.web.assert_metric(&outbound(403), 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_endpoint_answers_503() {
+    let ca = TestCa::start(DAY).await;
+    // A port that was just bound and released: connecting is refused.
+    let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let web = web_towards(&ca, dead).await;
+    let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
+    assert_eq!(answers[0].0, 503, "{answers:?}");
+    assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
+    web.assert_metric(&outbound(503), 1.0).await;
+    let series =
+        "ward_tcp_connection_errors_total{direction=\"outbound\",reason=\"no_reachable_endpoint\"}";
+    let counted = poll(Duration::from_secs(5), || async {
+        web.metric(series).await >= 1.0
+    });
+    assert!(counted.await, "{series}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_the_wrong_identity_answers_502_and_gets_nothing() {
+    let (app, requests) = echo_body_app().await;
+    // The mesh file says orders is .../sa/orders; its sidecar holds .../sa/cache.
+    let opts = Opts {
+        server_id: "cache",
+        ..Opts::default()
+    };
+    let m = mesh(app, opts).await;
+    let answers = http1_requests(m.web.forwards[0], &[("GET", "/secret")]).await;
+    assert_eq!(answers[0].0, 502, "{answers:?}");
+    assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
+    m.web.assert_metric(&outbound(502), 1.0).await;
+    let series =
+        "ward_tls_handshake_errors_total{direction=\"outbound\",reason=\"unexpected_identity\"}";
+    m.web.assert_metric(series, 1.0).await;
+    assert_eq!(m.web.metric(OUT_HANDSHAKES).await, 0.0);
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "the app saw a request");
+    let inbound = m.orders.metrics().await;
+    assert!(!inbound.contains("ward_http_requests_total{"), "{inbound}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_a_tcp_port_is_not_counted_outbound() {
+    let m = mesh(http_app().await, Opts::on("tcp")).await;
+    let req = b"GET / HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n";
+    // No half-close: hyper (the app) would take it for an abort.
+    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    tcp.write_all(req).await.unwrap();
+    let mut back = String::new();
+    let read = tcp.read_to_string(&mut back);
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the app closes after its answer")
+        .unwrap();
+    drop(tcp);
+    assert!(back.starts_with("HTTP/1.1 200"), "{back}");
+    assert!(back.ends_with("hello HTTP/1.1"), "{back}");
+    // Counted as one opaque connection to orders, never as a request.
+    let closed = "ward_tcp_connections_closed_total{direction=\"outbound\",peer=\"orders\"}";
+    m.web.assert_metric(closed, 1.0).await;
+    let text = m.web.metrics().await;
+    assert!(!text.contains(ANY_OUT_REQUEST), "{text}");
+    assert!(!text.contains(OUT_COUNT), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_speaks_first_through_an_outbound_tcp_port_without_detection() {
+    // Detection would wait 30 s on either side; a `tcp` port never waits.
+    let opts = Opts::detecting("tcp", Duration::from_secs(30));
+    let m = mesh(banner_app().await, opts).await;
+    read_banner(m.web.forwards[0]).await;
+    assert!(!m.web.metrics().await.contains(ANY_OUT_REQUEST));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_on_a_detect_port_falls_back_to_tcp() {
+    let detect = Duration::from_millis(200);
+    let opts = Opts::detecting("detect", detect);
+    let m = mesh(banner_app().await, opts).await;
+    let waited = read_banner(m.web.forwards[0]).await;
+    // Not a timing target: nothing may reach the app before some side has
+    // waited out the silence.
+    assert!(waited >= detect, "{waited:?}");
+    let sent = "ward_tcp_bytes_total{direction=\"outbound\",flow=\"received\",peer=\"orders\"}";
+    m.web.assert_metric(sent, 12.0).await;
+    assert!(!m.web.metrics().await.contains(ANY_OUT_REQUEST));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through_both_sidecars() {
+    let m = mesh(http_app().await, Opts::default()).await;
+    let mut tcp = websocket(m.web.forwards[0]).await;
+    for msg in [&b"first frame"[..], b"and a second one"] {
+        tcp.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+            .await
+            .expect("echoed over the tunnel")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    m.web.assert_metric(&outbound(101), 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_body_arrives_intact() {
+    let (app, requests) = echo_body_app().await;
+    let m = mesh(app, Opts::default()).await;
+    let payload: Bytes = (0..3 * 512 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+    let mut sender = h1_connection(m.web.forwards[0]).await;
+    let req = Request::post("/upload")
+        .header("host", "orders")
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let (status, back) = h1_send(&mut sender, req).await;
+    assert_eq!(status, 200);
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "the body was corrupted on the way");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    m.web.assert_metric(&outbound(200), 1.0).await;
+}
+
+/// The destination's sidecar strips hop-by-hop headers too, so only a peer
+/// that shows what the outbound side sent it tests the outbound side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_the_app_connection() {
+    let ca = TestCa::start(DAY).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, false).await).await;
+    let mut sender = h1_connection(web.forwards[0]).await;
+    let req = Request::get("/headers")
+        .header("host", "orders")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("x-kept", "yes")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, body) = h1_send(&mut sender, req).await;
+    assert_eq!(status, 200);
+    let received = String::from_utf8_lossy(&body).to_lowercase();
+    assert!(received.contains("x-kept: yes\n"), "{received}");
+    for line in received.lines() {
+        for hop in ["x-secret", "keep-alive", "proxy-connection"] {
+            assert!(
+                !line.starts_with(&format!("{hop}:")),
+                "{hop} sent: {received}"
+            );
+        }
+        assert!(
+            !(line.starts_with("connection:") && line.contains("x-secret")),
+            "{received}"
+        );
+    }
+    web.assert_metric(&outbound(200), 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_drops_the_request_gives_502() {
+    let ca = TestCa::start(DAY).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, true).await).await;
+    let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
+    assert_eq!(answers[0].0, 502, "{answers:?}");
+    assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
+    web.assert_metric(&outbound(502), 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_the_client_sidecar_finishes_the_request_in_flight() {
+    let opts = Opts {
+        drain: Duration::from_secs(10),
+        ..Opts::default()
+    };
+    let mut m = mesh(http_app().await, opts).await;
+    let addr = m.web.forwards[0];
+    let slow = tokio::spawn(async move { http1_requests(addr, &[("GET", "/slow")]).await });
+    // The mesh connection opens with the request; then drain the client side.
+    let open = "ward_tcp_open_connections{direction=\"inbound\"}";
+    let sent = poll(Duration::from_secs(5), || async {
+        m.orders.metric(open).await == 1.0
+    });
+    assert!(sent.await, "the request reached orders");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    m.web.shutdown();
+    let answers = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("answered during the drain")
+        .unwrap();
+    assert_eq!(answers.len(), 1);
+    assert_eq!((answers[0].0, answers[0].2.as_str()), (200, "slow done"));
+    // Nothing left in flight: the drain ends before its 10 s deadline.
+    tokio::time::timeout(Duration::from_secs(8), &mut m.web.task)
+        .await
+        .expect("drained")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_connection_the_peer_closed_is_reopened_for_the_next_request() {
+    // orders' sidecar closes a keep-alive connection idle for 300 ms.
+    let opts = Opts {
+        server: Limits {
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..Opts::default()
+    };
+    let m = mesh(http_app().await, opts).await;
+    let mut app = h1_connection(m.web.forwards[0]).await;
+    assert_eq!(h1_send(&mut app, root()).await.0, 200);
+    let open = "ward_tcp_open_connections{direction=\"inbound\"}";
+    let closed = poll(Duration::from_secs(10), || async {
+        m.orders.metric(open).await == 0.0
+    });
+    assert!(closed.await, "orders closed the idle mesh connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Same app connection: the outbound side opens a new mesh connection.
+    let (status, body) = h1_send(&mut app, root()).await;
+    assert_eq!((status, body.as_ref()), (200, &b"hello HTTP/1.1"[..]));
+    m.web.assert_metric(&outbound(200), 2.0).await;
+    m.web.assert_metric(OUT_HANDSHAKES, 2.0).await;
+}
