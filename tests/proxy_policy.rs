@@ -26,9 +26,13 @@ struct Mesh {
     orders: Sidecar,
 }
 
+/// Successful mesh file loads: [`mesh`] leaves orders' sidecar at 2.
+const RELOADED: &str = "ward_policy_reloads_total{result=\"success\"}";
+
 impl Mesh {
-    /// Rewrites the mesh file (same services) with another policy.
-    fn set_policy(&self, policy: &str) {
+    /// Rewrites the mesh file (same services) with another policy and
+    /// waits until orders' sidecar has loaded it.
+    async fn set_policy(&self, policy: &str) {
         let endpoint = self.orders.inbound.unwrap();
         let orders = workload("orders");
         write_mesh_with_policy(
@@ -36,6 +40,7 @@ impl Mesh {
             &[("orders", &orders, endpoint, self.app.port(), self.protocol)],
             policy,
         );
+        assert!(reloads(&self.orders, 3.0).await, "the new policy is loaded");
     }
 
     async fn authz(&self, decision: &str, rule: &str) -> f64 {
@@ -75,6 +80,12 @@ async fn mesh(app: SocketAddr, protocol: &'static str, policy: &str) -> Mesh {
     let web = client.start().await;
     assert!(web.wait_ready(Duration::from_secs(10)).await);
     assert!(orders.wait_ready(Duration::from_secs(10)).await);
+    // Orders started on the file with the app's address; the rewrite must
+    // be in force before a test changes the policy and counts reloads.
+    assert!(
+        reloads(&orders, 2.0).await,
+        "the endpoint rewrite is loaded"
+    );
     Mesh {
         _ca: ca,
         path,
@@ -83,6 +94,14 @@ async fn mesh(app: SocketAddr, protocol: &'static str, policy: &str) -> Mesh {
         web,
         orders,
     }
+}
+
+/// Whether `sidecar` reaches `n` successful loads of the mesh file.
+async fn reloads(sidecar: &Sidecar, n: f64) -> bool {
+    poll(Duration::from_secs(5), || async {
+        sidecar.metric(RELOADED).await >= n
+    })
+    .await
 }
 
 const WEB_ONLY_GETS: &str = r#"roles:
@@ -166,14 +185,7 @@ async fn only_peers_the_mesh_file_names_label_metrics() {
     let text = m.orders.metrics().await;
     assert!(!text.contains(web.as_str()), "web's ID is a series: {text}");
 
-    m.set_policy(EVERYONE_AND_WEB);
-    let reloaded = "ward_policy_reloads_total{result=\"success\"}";
-    assert!(
-        poll(Duration::from_secs(5), || async {
-            m.orders.metric(reloaded).await >= 2.0
-        })
-        .await
-    );
+    m.set_policy(EVERYONE_AND_WEB).await;
     let answers = http1_requests(m.web.forwards[0], &[("GET", "/")]).await;
     assert_eq!(answers[0].0, 200);
     assert!(
@@ -271,14 +283,7 @@ async fn a_reload_that_revokes_a_peer_closes_its_open_connection() {
     let mut buf = [0u8; 5];
     open.read_exact(&mut buf).await.unwrap();
 
-    m.set_policy(DB_ONLY);
-    let reloaded = "ward_policy_reloads_total{result=\"success\"}";
-    assert!(
-        poll(Duration::from_secs(5), || async {
-            m.orders.metric(reloaded).await >= 2.0
-        })
-        .await
-    );
+    m.set_policy(DB_ONLY).await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), open.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the revoked connection must be closed");
@@ -342,9 +347,11 @@ async fn declared_http_probes_reach_the_app_without_mtls_and_nothing_else_does()
     assert_eq!(answers[2].0, 403, "only the declared probe paths pass");
     assert_eq!(m.authz("allow", "probe").await, 2.0);
     assert_eq!(m.authz("deny", "probe").await, 1.0);
-    // The probe does not open the port to the mesh: web has no allow rule.
+    // The probe does not open the port to the mesh: web has no allow rule,
+    // so orders' sidecar closes the connection and web's sidecar answers
+    // its app 502 (outbound HTTP) instead of the app's 200.
     let via_mesh = http1_requests_or_closed(m.web.forwards[0]).await;
-    assert!(via_mesh.is_none(), "web must not get through: {via_mesh:?}");
+    assert_eq!(via_mesh, Some(502), "web must not get through");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

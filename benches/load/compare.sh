@@ -9,12 +9,17 @@
 #   benches/load/compare.sh                  # all scenarios
 #   WORKERS=2 DURATION=20 benches/load/compare.sh
 #   SCENARIOS="stream" benches/load/compare.sh
+#   WARD_PROTOCOL=tcp benches/load/compare.sh   # ward carries the port as opaque TCP
 #
 # Scenarios (issue 3 targets):
 #   rps     HTTP/1.1 keep-alive, ~100-byte responses, 32 connections (wrk)
 #   p99     fixed 2,000 requests/s, 20 connections (hey -q): added p99 over direct
 #   stream  one connection fetching 1 MiB responses back to back (wrk -c1): MB/s
 #   rss     ward's resident memory when idle, after its first certificate
+# WARD_PROTOCOL (default detect, what a port gets unless the mesh file says
+# otherwise) is the app port's protocol in ward's mesh file: detect or http
+# serve HTTP request by request on both sidecars (per-request metrics, L7
+# policy), as the nginx and haproxy pairs do; tcp splices bytes.
 # Needs: nginx haproxy openssl wrk hey curl (apt-get install -y ...).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +28,7 @@ peers=${PEERS:-$root/../shared/peers/peers.sh}
 WORKERS=${WORKERS:-1}
 DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-rps p99 stream}
+WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 APP=18080; NGINX=19001; HAPROXY=19002
 WARD_OUT=19003; WARD_IN=19445; WARD_CA=18643; ADMIN_IN=19020; ADMIN_OUT=19021
@@ -60,7 +66,7 @@ services:
     endpoints: ["127.0.0.1:$WARD_IN"]
     ports:
       - port: $APP
-        protocol: tcp
+        protocol: $WARD_PROTOCOL
 # ward denies by default: the load client is allowed, so every connection
 # pays for a policy decision, as in production.
 roles:
@@ -88,7 +94,7 @@ curl -sf http://127.0.0.1:$WARD_OUT/ | grep -q "hello from app" || { echo "compa
 
 names=(direct ward nginx haproxy)
 ports=($APP $WARD_OUT $NGINX $HAPROXY)
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); workers per proxy: $WORKERS; ${DURATION}s per run"
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); workers per proxy: $WORKERS; ${DURATION}s per run; ward app port protocol: $WARD_PROTOCOL"
 
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
 echo "## rss: idle after first certificate (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"

@@ -113,7 +113,10 @@ impl Proxy {
             }
             outbound.push((
                 bind(f.listen).await?,
-                Arc::new(Target::Service(outbound::Route::new(f.service.clone()))),
+                Arc::new(Target::Service(outbound::Destination::in_turn(
+                    f.service.clone(),
+                    f.port,
+                ))),
             ));
         }
         let mut inbound: Vec<(TcpListener, Arc<dyn OriginalDst>)> = Vec::new();

@@ -133,6 +133,8 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     changes: watch::Sender<u64>,
     metrics: Arc<ProxyMetrics>,
+    /// The file as it was when first loaded; where watching starts.
+    loaded: Option<Fingerprint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +160,9 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 impl Registry {
     /// Loads the mesh file; the first load must succeed.
     pub fn load(path: &Path, metrics: Arc<ProxyMetrics>) -> Result<Arc<Self>, RegistryError> {
+        // Taken before the read, so a change made while (or after) the file
+        // is read is seen by the first poll of [`Registry::watch`].
+        let loaded = fingerprint(path);
         let snapshot = Snapshot::load(path);
         let label = if snapshot.is_ok() {
             "success"
@@ -170,6 +175,7 @@ impl Registry {
             current: ArcSwap::from_pointee(snapshot?),
             changes: watch::channel(0).0,
             metrics,
+            loaded,
         }))
     }
 
@@ -184,7 +190,7 @@ impl Registry {
 
     /// Polls for changes every `interval`, forever.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
-        let mut seen = fingerprint(&self.path);
+        let mut seen = self.loaded.clone();
         loop {
             tokio::time::sleep(interval).await;
             let now = fingerprint(&self.path);
@@ -237,6 +243,34 @@ services:
 roles:
   clients: [spiffe://t.local/ns/shop/sa/web, \"spiffe://t.local/ns/batch/sa/*\"]
 ";
+
+    /// A change made after the first load but before watching starts (the
+    /// proxy binds, then runs) is picked up by the first poll.
+    #[tokio::test]
+    async fn a_change_before_watching_starts_is_loaded() {
+        let dir = std::env::temp_dir().join(format!("ward-registry-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("mesh.yaml");
+        std::fs::write(&path, MESH).expect("write");
+        let metrics = Arc::new(ProxyMetrics::new());
+        let registry = Registry::load(&path, metrics).expect("first load");
+        assert!(registry.snapshot().mesh.service("db").is_some());
+        let without_db = MESH.split("  db:").next().expect("orders part").to_string()
+            + "roles:\n  clients: [spiffe://t.local/ns/shop/sa/web]\n";
+        std::fs::write(&path, without_db).expect("rewrite");
+        let watcher = tokio::spawn(registry.clone().watch(Duration::from_millis(10)));
+        let mut reloaded = false;
+        for _ in 0..200 {
+            if registry.snapshot().mesh.service("db").is_none() {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        watcher.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(reloaded, "the rewrite before watching was never loaded");
+    }
 
     /// The index answers exactly what a scan of the whole mesh answers.
     #[test]

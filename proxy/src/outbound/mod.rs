@@ -8,54 +8,46 @@
 //! address (the peer pod's PREROUTING rule takes it to its sidecar); a
 //! destination outside the mesh follows the egress mode, which the mesh
 //! file's `mode: audit` turns from refusing into counting.
+//!
+//! The destination port's protocol decides what is carried: `tcp` is
+//! spliced at once; `http` and `detect` are sniffed, and HTTP is served
+//! request by request (`http::serve_outbound`, docs/proxy.md "Protocols
+//! (outbound)").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rustls::pki_types::ServerName;
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use ward_config::mesh::Service;
+use ward_config::mesh::Protocol;
 use ward_config::policy::Mode;
 use ward_config::policy::engine::Verdict;
 
 use crate::Shared;
 use crate::dst::OriginalDst;
-use crate::forward::{splice, tls_transport};
+use crate::forward::splice;
+use crate::http::{
+    self,
+    detect::{Detected, sniff},
+};
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::OUTBOUND;
 use crate::settings::Egress;
-use crate::tls::failure::handshake_failure;
 use crate::upstream::{self, Upstream};
+
+pub mod destination;
+
+pub use destination::{ConnectError, Destination};
 
 /// What an outbound listener's connections are for.
 pub enum Target {
-    /// `--forward LISTEN=SERVICE`: one service, its endpoints in turn.
-    Service(Route),
+    /// `--forward LISTEN=SERVICE[:PORT]`: one service, its endpoints in turn.
+    Service(Destination),
     /// Transparent mode: wherever the app was going.
     Redirected {
         dst: Arc<dyn OriginalDst>,
         egress: Egress,
     },
-}
-
-/// A `--forward` listener's target service.
-pub struct Route {
-    pub service: String,
-    /// Round-robin position over the service's endpoints.
-    next: AtomicUsize,
-}
-
-impl Route {
-    pub fn new(service: String) -> Self {
-        Self {
-            service,
-            next: AtomicUsize::new(0),
-        }
-    }
 }
 
 /// The `peer` label of connections let out of the mesh in plaintext.
@@ -79,22 +71,8 @@ async fn handle(
     target: &Target,
 ) {
     let m = &shared.metrics;
-    let registry = shared.registry.snapshot();
-    let (service, endpoints) = match target {
-        Target::Service(route) => {
-            let Some(service) = registry.mesh.service(&route.service) else {
-                m.connection_errors
-                    .with_label_values(&[OUTBOUND, "unknown_service"])
-                    .inc();
-                tracing::warn!(%client, service = %route.service, "service is not in the mesh file");
-                return;
-            };
-            let start = route.next.fetch_add(1, Ordering::Relaxed);
-            let mut endpoints = service.endpoints.clone();
-            let len = endpoints.len().max(1);
-            endpoints.rotate_left(start % len);
-            (service, endpoints)
-        }
+    let destination = match target {
+        Target::Service(destination) => destination.clone(),
         Target::Redirected { dst, egress: mode } => {
             let original = match dst.original_dst(&app) {
                 Ok(original) => original,
@@ -106,8 +84,9 @@ async fn handle(
                     return;
                 }
             };
+            let registry = shared.registry.snapshot();
             match registry.destination(original) {
-                Some((service, _)) => (service, vec![original]),
+                Some((service, _)) => Destination::dialed(service.name.clone(), original),
                 None => {
                     record.peer = EGRESS_PEER.into();
                     let verdict = egress_verdict(*mode, registry.mesh.policy.mode);
@@ -117,25 +96,42 @@ async fn handle(
             }
         }
     };
-    record.peer = service.name.clone();
-    let Some(tls) = connect(service, &endpoints, &shared).await else {
+    record.peer = destination.service.clone();
+    let timeout = match destination.protocol(&shared) {
+        // Declared opaque: never wait for the app to speak first.
+        Protocol::Tcp => return splice_to(app, &destination, &shared).await,
+        // A client pool may open a connection long before it sends on it.
+        Protocol::Http => shared.limits.idle_timeout,
+        Protocol::Detect => shared.limits.detect_timeout,
+    };
+    let (detected, app) = match sniff(app, timeout).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            tracing::debug!(service = %destination.service, error = %e, "app connection ended before protocol detection");
+            return;
+        }
+    };
+    match detected {
+        Detected::Opaque => splice_to(app, &destination, &shared).await,
+        version => http::serve_outbound(app, version, destination, shared.clone()).await,
+    }
+}
+
+/// Opaque TCP: one mTLS connection to the service, bytes carried both ways.
+async fn splice_to<S>(app: S, destination: &Destination, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(tls) = destination.connect(shared).await else {
         return;
     };
-    drop(registry);
-    let sent = m.bytes.with_label_values(&[OUTBOUND, &record.peer, "sent"]);
-    let received = m
-        .bytes
-        .with_label_values(&[OUTBOUND, &record.peer, "received"]);
-    if let Err(e) = splice(
-        app,
-        tls,
-        shared.limits.idle_timeout,
-        Some(sent),
-        Some(received),
-    )
-    .await
-    {
-        tracing::debug!(peer = %record.peer, error = %e, "outbound connection ended");
+    let peer = &destination.service;
+    let m = &shared.metrics;
+    let sent = m.bytes.with_label_values(&[OUTBOUND, peer, "sent"]);
+    let received = m.bytes.with_label_values(&[OUTBOUND, peer, "received"]);
+    let idle = shared.limits.idle_timeout;
+    if let Err(e) = splice(app, tls, idle, Some(sent), Some(received)).await {
+        tracing::debug!(%peer, error = %e, "outbound connection ended");
     }
 }
 
@@ -189,71 +185,6 @@ async fn egress(app: TcpStream, original: SocketAddr, verdict: Verdict, shared: 
         Some(received),
     )
     .await;
-}
-
-/// Tries `endpoints` in order until one completes the handshake. A TLS failure (wrong identity, untrusted chain) is not
-/// retried on another endpoint: it is a security event, not an outage.
-async fn connect(
-    service: &Service,
-    endpoints: &[SocketAddr],
-    shared: &Shared,
-) -> Option<TlsStream<BufReader<TcpStream>>> {
-    let m = &shared.metrics;
-    let config = match shared.tls.client(&service.identity) {
-        Ok(config) => config,
-        Err(e) => {
-            m.handshake_errors
-                .with_label_values(&[OUTBOUND, "no_identity"])
-                .inc();
-            tracing::warn!(service = %service.name, error = %e, "refusing outbound connection");
-            return None;
-        }
-    };
-    for &endpoint in endpoints {
-        let tcp = match tokio::time::timeout(
-            shared.limits.connect_timeout,
-            shared.dialer.connect(endpoint),
-        )
-        .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                tracing::info!(service = %service.name, %endpoint, error = %e, "endpoint unreachable; trying the next");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let _ = tcp.set_nodelay(true);
-        let handshake = TlsConnector::from(config.clone())
-            .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
-        return match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => {
-                m.handshakes
-                    .with_label_values(&[OUTBOUND, &service.name])
-                    .inc();
-                Some(tls)
-            }
-            Ok(Err(e)) => {
-                let reason = handshake_failure(&e);
-                m.handshake_errors
-                    .with_label_values(&[OUTBOUND, reason])
-                    .inc();
-                tracing::warn!(service = %service.name, %endpoint, reason, error = %e, "outbound handshake failed");
-                None
-            }
-            Err(_) => {
-                m.handshake_errors
-                    .with_label_values(&[OUTBOUND, "timeout"])
-                    .inc();
-                None
-            }
-        };
-    }
-    m.connection_errors
-        .with_label_values(&[OUTBOUND, "no_reachable_endpoint"])
-        .inc();
-    tracing::warn!(service = %service.name, "no endpoint reachable");
-    None
 }
 
 #[cfg(test)]

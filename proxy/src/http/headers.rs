@@ -1,0 +1,108 @@
+//! Header rules every served request follows, either direction: which
+//! headers are for one hop only, which upgrades are carried, and path
+//! rewriting (inbound: the app sees the normalized path that was checked).
+
+use http::header::{CONNECTION, TE, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Only WebSocket upgrades are carried: any other protocol switch (h2c,
+/// custom) would turn a policed HTTP connection into unchecked bytes, so
+/// those requests go to the app as plain requests, Upgrade header removed.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Removes hop-by-hop headers and those the Connection header names. For
+/// an upgrade request, `Connection: upgrade` and `Upgrade` must go through;
+/// `TE: trailers` stays too, as gRPC servers require it (HTTP/2 allows TE
+/// with that one value).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let te_trailers = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(
+        HOP_BY_HOP
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        if keep_upgrade && (name == CONNECTION || name == UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Replaces the path of `req`, keeping its query.
+pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), http::Error> {
+    let mut parts = req.uri().clone().into_parts();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.path_and_query = Some(format!("{path}{query}").parse()?);
+    *req.uri_mut() = http::Uri::from_parts(parts)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["te", "x-kept"]);
+        let mut gzip = HeaderMap::new();
+        gzip.insert(TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut gzip, false);
+        assert!(gzip.is_empty());
+    }
+}

@@ -1,0 +1,241 @@
+//! The next hop of served HTTP: the app (inbound, plaintext) or a sidecar
+//! of the destination service (outbound, mTLS). One upstream connection
+//! per downstream connection, of the same HTTP version, opened at the
+//! first request and reopened when the next hop closed it between
+//! requests; WebSocket upgrades get a connection of their own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
+
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::respond::answer;
+use super::{Body, revoked};
+use crate::Shared;
+use crate::authz::Inbound;
+use crate::metrics::{INBOUND, OUTBOUND};
+use crate::outbound::{ConnectError, Destination};
+
+/// Where requests go.
+pub enum Hop {
+    /// Inbound: the local app. `authz` is `None` for plaintext health
+    /// probes (only the declared probe paths pass).
+    App {
+        addr: SocketAddr,
+        authz: Option<Inbound>,
+    },
+    /// Outbound: the destination service's sidecars.
+    Mesh(Destination),
+}
+
+impl Hop {
+    /// The `direction` label.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            Self::App { .. } => INBOUND,
+            Self::Mesh(_) => OUTBOUND,
+        }
+    }
+
+    pub fn authz(&self) -> Option<&Inbound> {
+        match self {
+            Self::App { authz, .. } => authz.as_ref(),
+            Self::Mesh(_) => None,
+        }
+    }
+}
+
+/// A stream to the next hop, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+type Conn = TokioIo<Box<dyn Io>>;
+
+/// The upstream side of one downstream connection.
+pub struct Upstream {
+    pub hop: Hop,
+    pub shared: Arc<Shared>,
+    h1: Mutex<Option<client1::SendRequest<Incoming>>>,
+    h2: Mutex<Option<client2::SendRequest<Incoming>>>,
+}
+
+impl Upstream {
+    pub fn new(hop: Hop, shared: Arc<Shared>) -> Self {
+        Self {
+            hop,
+            shared,
+            h1: Mutex::new(None),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// Answers one request (inbound: if the policy allows it) and counts
+    /// it under `peer`.
+    pub async fn forward(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
+        let started = Instant::now();
+        let resp = self.authorized(req).await;
+        let m = &self.shared.metrics;
+        let direction = self.hop.direction();
+        m.http_requests
+            .with_label_values(&[direction, peer, resp.status().as_str()])
+            .inc();
+        m.http_duration
+            .with_label_values(&[direction, peer])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    pub(super) async fn send(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let upgrade = is_upgrade(&req);
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        let result = if upgrade {
+            self.forward_upgrade(req).await
+        } else if req.version() == Version::HTTP_2 {
+            self.send_h2(req).await
+        } else {
+            self.send_h1(req).await
+        };
+        match result {
+            Ok(mut resp) => {
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    strip_hop_by_hop(resp.headers_mut(), false);
+                }
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// What the downstream client is told when the next hop failed; the
+    /// details are in the log line (and counted where they happened).
+    fn failed(&self, e: UpstreamError) -> Response<Body> {
+        match &self.hop {
+            Hop::App { addr, .. } => {
+                tracing::warn!(app = %addr, error = %e, "app request failed");
+                answer(
+                    StatusCode::BAD_GATEWAY,
+                    "ward: the app did not answer\n".into(),
+                )
+            }
+            Hop::Mesh(dest) => {
+                let service = &dest.service;
+                tracing::warn!(%service, error = %e, "outbound request failed");
+                let status = match e {
+                    UpstreamError::Mesh(
+                        ConnectError::Unreachable
+                        | ConnectError::NoIdentity
+                        | ConnectError::UnknownService,
+                    ) => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let what = match e {
+                    UpstreamError::Mesh(e) => e.to_string(),
+                    _ => "its sidecar closed the connection without an answer \
+                          (its policy may refuse this workload: see that sidecar's log)"
+                        .into(),
+                };
+                answer(status, format!("ward: {service}: {what}\n"))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let io: Box<dyn Io> = match &self.hop {
+            Hop::App { addr, .. } => {
+                let connect = self.shared.dialer.connect(*addr);
+                let tcp = tokio::time::timeout(self.shared.limits.connect_timeout, connect)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                    })??;
+                let _ = tcp.set_nodelay(true);
+                Box::new(tcp)
+            }
+            Hop::Mesh(dest) => Box::new(dest.connect(&self.shared).await?),
+        };
+        Ok(TokioIo::new(io))
+    }
+
+    async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        let mut slot = self.h1.lock().await;
+        let mut sender = match slot.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let (s, conn) = client1::handshake(self.connect().await?).await?;
+                tokio::spawn(conn);
+                s
+            }
+        };
+        sender.ready().await?;
+        let resp = sender.send_request(req).await;
+        *slot = Some(sender);
+        Ok(resp?)
+    }
+
+    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let (s, conn) = client2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(self.connect().await?)
+                        .await?;
+                    tokio::spawn(conn);
+                    *slot = Some(s.clone());
+                    s
+                }
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// An HTTP/1 upgrade: a dedicated upstream connection; on 101, the two
+    /// upgraded connections are joined byte for byte.
+    async fn forward_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let downstream = hyper::upgrade::on(&mut req);
+        let (mut sender, conn) = client1::handshake(self.connect().await?).await?;
+        tokio::spawn(conn.with_upgrades());
+        let mut resp = sender.send_request(req).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let idle = self.shared.limits.idle_timeout;
+            let (authz, shared) = (self.hop.authz().cloned(), self.shared.clone());
+            tokio::spawn(async move {
+                // Bytes are already counted on the metered downstream stream.
+                let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+                    return;
+                };
+                let (a, b) = (TokioIo::new(down), TokioIo::new(up));
+                tokio::select! {
+                    _ = crate::forward::splice(a, b, idle, None, None) => {}
+                    () = revoked(authz.as_ref(), &shared) => {}
+                    () = shared.drain.closing() => {}
+                }
+            });
+        }
+        Ok(resp)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Mesh(#[from] ConnectError),
+}
