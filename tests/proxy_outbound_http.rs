@@ -106,14 +106,9 @@ struct Mesh {
 async fn mesh(app: SocketAddr, opts: Opts) -> Mesh {
     let ca = TestCa::start(DAY).await;
     let path = ca.tmp.path().join("mesh.yaml");
+    let orders_id = workload("orders");
     let write = |endpoint: SocketAddr| {
-        let service = [(
-            "orders",
-            &workload("orders"),
-            endpoint,
-            app.port(),
-            opts.protocol,
-        )];
+        let service = [("orders", &orders_id, endpoint, app.port(), opts.protocol)];
         match opts.policy {
             Some(policy) => write_mesh_with_policy(&path, &service, policy),
             None => write_mesh_protocols(&path, &service),
@@ -132,6 +127,7 @@ async fn mesh(app: SocketAddr, opts: Opts) -> Mesh {
         "orders ready"
     );
     let web = web_sidecar(&ca, path, app.port(), opts.client, opts.drain).await;
+    assert!(web.wait_ready(Duration::from_secs(10)).await, "web ready");
     Mesh {
         _ca: ca,
         web,
@@ -139,7 +135,7 @@ async fn mesh(app: SocketAddr, opts: Opts) -> Mesh {
     }
 }
 
-/// The `web` sidecar alone, forwarding to orders:`port` as the mesh file says.
+/// The `web` sidecar, forwarding to orders:`port` as the mesh file says.
 async fn web_sidecar(
     ca: &TestCa,
     mesh: PathBuf,
@@ -151,17 +147,27 @@ async fn web_sidecar(
     client.forwards = vec![("orders".into(), port)];
     client.limits = limits;
     client.drain_timeout = drain;
-    let web = client.start().await;
-    assert!(web.wait_ready(Duration::from_secs(10)).await, "web ready");
-    web
+    client.start().await
 }
 
-/// A `web` sidecar for which orders (an `http` port) is at `endpoint`.
+/// A `web` sidecar for which orders (an `http` port) is at `endpoint`;
+/// ready, if `ca` serves.
 async fn web_towards(ca: &TestCa, endpoint: SocketAddr) -> Sidecar {
     let path = ca.tmp.path().join("web-mesh.yaml");
     let service = [("orders", &workload("orders"), endpoint, 8080, "http")];
     write_mesh_protocols(&path, &service);
-    web_sidecar(ca, path, 8080, Limits::default(), Duration::from_secs(5)).await
+    let web = web_sidecar(ca, path, 8080, Limits::default(), Duration::from_secs(5)).await;
+    let serving = ca.addr.port() != 0;
+    assert!(!serving || web.wait_ready(Duration::from_secs(10)).await);
+    web
+}
+
+/// The app's one request is answered 503 by the sidecar, counted so.
+async fn assert_answered_503(web: &Sidecar) {
+    let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
+    assert_eq!(answers[0].0, 503, "{answers:?}");
+    assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
+    web.assert_metric(&outbound(503), 1.0).await;
 }
 
 /// A stand-in for orders' sidecar: TLS exactly as a sidecar (orders' SVID,
@@ -206,9 +212,9 @@ async fn fake_orders_sidecar(ca: &TestCa, drop_requests: bool) -> SocketAddr {
     addr
 }
 
-/// `GET /` for orders.
-fn root() -> Request<Full<Bytes>> {
-    let req = Request::get("/").header("host", "orders");
+/// `GET path` for orders.
+fn get_request(path: &str) -> Request<Full<Bytes>> {
+    let req = Request::get(path).header("host", "orders");
     req.body(Full::new(Bytes::new())).unwrap()
 }
 
@@ -264,30 +270,34 @@ async fn answers_of_the_server_sidecar_are_counted_outbound() {
     let answers = http1_requests(m.web.forwards[0], &reqs).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 403, 403], "{answers:?}");
+    // The refusal's request id (for orders' log line) reaches the app.
+    assert!(answers[1].1.is_some(), "{answers:?}");
     m.web.assert_metric(&outbound(200), 1.0).await;
     m.web.assert_metric(&outbound(403), 2.0).await;
 }
 
+/// 503: no endpoint accepts a connection, or this sidecar has no SVID yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_reachable_endpoint_answers_503() {
-    let ca = TestCa::start(DAY).await;
+async fn an_unreachable_service_answers_503() {
     // A port that was just bound and released: connecting is refused.
     let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .unwrap()
         .local_addr()
         .unwrap();
+    let ca = TestCa::start(DAY).await;
     let web = web_towards(&ca, dead).await;
-    let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
-    assert_eq!(answers[0].0, 503, "{answers:?}");
-    assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
-    web.assert_metric(&outbound(503), 1.0).await;
+    assert_answered_503(&web).await;
     let series =
         "ward_tcp_connection_errors_total{direction=\"outbound\",reason=\"no_reachable_endpoint\"}";
-    let counted = poll(Duration::from_secs(5), || async {
-        web.metric(series).await >= 1.0
-    });
-    assert!(counted.await, "{series}");
+    web.assert_metric(series, 1.0).await;
+
+    // A CA that never serves: the sidecar never gets its certificate.
+    let unserved = TestCa::new(DAY);
+    let web = web_towards(&unserved, dead).await;
+    assert_answered_503(&web).await;
+    let series = "ward_tls_handshake_errors_total{direction=\"outbound\",reason=\"no_identity\"}";
+    web.assert_metric(series, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,8 +455,8 @@ async fn draining_the_client_sidecar_finishes_the_request_in_flight() {
         ..Opts::default()
     };
     let mut m = mesh(http_app().await, opts).await;
-    let addr = m.web.forwards[0];
-    let slow = tokio::spawn(async move { http1_requests(addr, &[("GET", "/slow")]).await });
+    let mut app = h1_connection(m.web.forwards[0]).await;
+    let slow = tokio::spawn(async move { (h1_send(&mut app, get_request("/slow")).await, app) });
     // The mesh connection opens with the request; then drain the client side.
     let open = "ward_tcp_open_connections{direction=\"inbound\"}";
     let sent = poll(Duration::from_secs(5), || async {
@@ -455,17 +465,22 @@ async fn draining_the_client_sidecar_finishes_the_request_in_flight() {
     assert!(sent.await, "the request reached orders");
     tokio::time::sleep(Duration::from_millis(200)).await;
     m.web.shutdown();
-    let answers = tokio::time::timeout(Duration::from_secs(10), slow)
+    let ((status, body), mut app) = tokio::time::timeout(Duration::from_secs(10), slow)
         .await
         .expect("answered during the drain")
         .unwrap();
-    assert_eq!(answers.len(), 1);
-    assert_eq!((answers[0].0, answers[0].2.as_str()), (200, "slow done"));
-    // Nothing left in flight: the drain ends before its 10 s deadline.
+    assert_eq!((status, body.as_ref()), (200, &b"slow done"[..]));
+    // The sidecar then closes the app's keep-alive connection itself, so the
+    // drain ends well before its 10 s deadline.
     tokio::time::timeout(Duration::from_secs(8), &mut m.web.task)
         .await
         .expect("drained")
         .unwrap();
+    let ready = tokio::time::timeout(Duration::from_secs(5), app.ready()).await;
+    assert!(
+        ready.expect("bounded").is_err(),
+        "the app connection is closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +495,7 @@ async fn a_mesh_connection_the_peer_closed_is_reopened_for_the_next_request() {
     };
     let m = mesh(http_app().await, opts).await;
     let mut app = h1_connection(m.web.forwards[0]).await;
-    assert_eq!(h1_send(&mut app, root()).await.0, 200);
+    assert_eq!(h1_send(&mut app, get_request("/")).await.0, 200);
     let open = "ward_tcp_open_connections{direction=\"inbound\"}";
     let closed = poll(Duration::from_secs(10), || async {
         m.orders.metric(open).await == 0.0
@@ -488,7 +503,7 @@ async fn a_mesh_connection_the_peer_closed_is_reopened_for_the_next_request() {
     assert!(closed.await, "orders closed the idle mesh connection");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Same app connection: the outbound side opens a new mesh connection.
-    let (status, body) = h1_send(&mut app, root()).await;
+    let (status, body) = h1_send(&mut app, get_request("/")).await;
     assert_eq!((status, body.as_ref()), (200, &b"hello HTTP/1.1"[..]));
     m.web.assert_metric(&outbound(200), 2.0).await;
     m.web.assert_metric(OUT_HANDSHAKES, 2.0).await;
