@@ -9,7 +9,7 @@
 mod support;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -22,7 +22,7 @@ use rustls::{ClientConfig, SupportedProtocolVersion};
 use support::mesh::*;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use ward_ca::authority::Authority;
@@ -600,11 +600,7 @@ async fn configmap_symlink_swap_is_reloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_with_no_reachable_endpoint_closes_the_app_connection() {
     let ca = TestCa::start(DAY).await;
-    // A port that was just bound and released: connecting is refused.
-    let dead = {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_held, dead) = refusing_addr();
     let mesh = ca.tmp.path().join("web-mesh.yaml");
     orders_at(dead, &mesh);
     let web = web(&ca, &mesh).await;

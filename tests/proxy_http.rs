@@ -1,7 +1,8 @@
 //! HTTP through two sidecars: the server sidecar serves HTTP/1.1 and HTTP/2
 //! request by request (per-request metrics under the caller's identity),
 //! passes upgrades through, never delays server-speaks-first protocols on
-//! ports declared `tcp`, and finishes in-flight requests when it drains.
+//! ports declared `tcp`, finishes in-flight requests when it drains, and
+//! closes HTTP/2 connections left idle.
 
 mod support;
 
@@ -223,4 +224,39 @@ async fn drain_finishes_the_request_in_flight() {
         .await
         .expect("drained")
         .unwrap();
+}
+
+/// An HTTP/2 connection on which nothing moves for the idle timeout is
+/// closed, on both sides, as an opaque one would be: the app's connection
+/// to its sidecar and the mesh connection between the sidecars.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_at_the_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(400),
+        ..Limits::default()
+    };
+    let m = mesh(http_app().await, "http", limits, Duration::from_secs(5)).await;
+    let tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://orders/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The sender stays alive: only the idle timeout can end the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the app's idle h2 connection stayed open");
+    let open = |direction: &str| format!("ward_tcp_open_connections{{direction=\"{direction}\"}}");
+    m.web.assert_metric(&open("outbound"), 0.0).await;
+    m.orders.assert_metric(&open("inbound"), 0.0).await;
+    drop(sender);
 }

@@ -279,12 +279,7 @@ async fn answers_of_the_server_sidecar_are_counted_outbound() {
 /// 503: no endpoint accepts a connection, or this sidecar has no SVID yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_service_answers_503() {
-    // A port that was just bound and released: connecting is refused.
-    let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_addr();
     let ca = TestCa::start(DAY).await;
     let web = web_towards(&ca, dead).await;
     assert_answered_503(&web).await;

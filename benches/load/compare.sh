@@ -96,7 +96,9 @@ names=(direct ward nginx haproxy)
 ports=($APP $WARD_OUT $NGINX $HAPROXY)
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); workers per proxy: $WORKERS; ${DURATION}s per run; ward app port protocol: $WARD_PROTOCOL"
 
-rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
+# RSS and, in brackets, its anonymous part (heap, stacks): the rest is the
+# binary's code mapped from the page cache, shared and reclaimable.
+rss_kb() { awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} END {print r " (anon " a ")"}' /proc/"$1"/status; }
 echo "## rss: idle after first certificate (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"
 
 if wants rps; then

@@ -64,17 +64,9 @@ where
         clock: clock.clone(),
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER);
-    tokio::pin!(copy);
-    let tick = (idle / 4).max(Duration::from_millis(10));
-    loop {
-        tokio::select! {
-            res = &mut copy => return res.map(|_| ()).map_err(SpliceError::Io),
-            () = tokio::time::sleep(tick) => {
-                if clock.idle_for() >= idle {
-                    return Err(SpliceError::Idle(idle));
-                }
-            }
-        }
+    tokio::select! {
+        res = copy => res.map(|_| ()).map_err(SpliceError::Io),
+        () = clock.idle(idle) => Err(SpliceError::Idle(idle)),
     }
 }
 
@@ -89,8 +81,9 @@ pub fn metered<S>(stream: S, reads: IntCounter, writes: IntCounter) -> Metered<S
     }
 }
 
-/// When anything last moved, in milliseconds since the splice began.
-struct Activity {
+/// When anything last moved on a stream (or a spliced pair), in
+/// milliseconds since it began.
+pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
@@ -112,6 +105,18 @@ impl Activity {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
+
+    /// Resolves once nothing has moved for `limit` (checked four times per
+    /// limit, so it fires between `limit` and 1.25 × `limit`).
+    pub async fn idle(&self, limit: Duration) {
+        let tick = (limit / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.idle_for() >= limit {
+                return;
+            }
+        }
+    }
 }
 
 /// A stream that counts what is read from it (and, if asked, what is
@@ -121,6 +126,13 @@ pub struct Metered<S> {
     reads: Option<IntCounter>,
     writes: Option<IntCounter>,
     clock: Arc<Activity>,
+}
+
+impl<S> Metered<S> {
+    /// When this stream last moved bytes.
+    pub fn activity(&self) -> Arc<Activity> {
+        self.clock.clone()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {

@@ -387,3 +387,13 @@ pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("round trip timed out")))
 }
+
+/// A loopback address where connecting is refused, held for as long as the
+/// socket lives: bound but not listening, so no other test can take the
+/// port in the meantime.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}

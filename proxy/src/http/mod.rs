@@ -15,7 +15,9 @@
 //! expect). Upgrades (WebSocket) are forwarded on a dedicated upstream
 //! connection and then carried as bytes. On drain, HTTP/1 finishes the
 //! request in flight and HTTP/2 sends GOAWAY; in-flight requests run to
-//! completion within the drain timeout.
+//! completion within the drain timeout. A connection on which no byte moved
+//! for the idle timeout is closed, as an opaque one is (HTTP/1 between
+//! requests: by hyper's header read timeout, the same limit).
 
 mod authorize;
 pub mod detect;
@@ -26,6 +28,7 @@ mod upstream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -40,6 +43,9 @@ use crate::metrics::INBOUND;
 use crate::outbound::Destination;
 use detect::Detected;
 use upstream::{Hop, Upstream};
+
+/// How long an idle HTTP/2 connection is given to send its GOAWAY.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Largest request head accepted (HTTP/1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -109,6 +115,8 @@ where
             .with_label_values(&[direction, &peer, flow])
     };
     let io = crate::forward::metered(io, bytes(reads), bytes(writes));
+    let activity = io.activity();
+    let idle = activity.idle(shared.limits.idle_timeout);
     let authz = hop.authz().cloned();
     let upstream = Arc::new(Upstream::new(hop, shared.clone()));
     let peer = Arc::new(peer);
@@ -130,6 +138,12 @@ where
                 res = conn.as_mut() => res,
                 () = drain.draining() => { conn.as_mut().graceful_shutdown(); conn.await }
                 () = revoked(authz.as_ref(), &shared) => Ok(()),
+                () = idle => {
+                    // Nothing moved on any stream: GOAWAY, a moment to send it, close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, conn).await;
+                    Ok(())
+                }
             }
         }
         _ => {
@@ -145,6 +159,9 @@ where
                 res = conn.as_mut() => res,
                 () = drain.draining() => { conn.as_mut().graceful_shutdown(); conn.await }
                 () = revoked(authz.as_ref(), &shared) => Ok(()),
+                // A request whose body or answer stalls as long as an idle
+                // connection is cut like one.
+                () = idle => Ok(()),
             }
         }
     };
