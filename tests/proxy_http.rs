@@ -26,21 +26,30 @@ struct Mesh {
 /// web --forward--> web sidecar ==mTLS==> orders sidecar --> `app`, whose
 /// port is declared `protocol` in the mesh file.
 async fn mesh(app: SocketAddr, protocol: &str, limits: Limits, drain: Duration) -> Mesh {
+    mesh_declared(app, [protocol, protocol], limits, drain).await
+}
+
+/// [`mesh`] with web's and orders' mesh files declaring the port
+/// `[web's, orders']` protocols.
+async fn mesh_declared(
+    app: SocketAddr,
+    [web_protocol, orders_protocol]: [&str; 2],
+    limits: Limits,
+    drain: Duration,
+) -> Mesh {
     let ca = TestCa::start(DAY).await;
-    let path = ca.tmp.path().join("mesh.yaml");
     let orders_id = workload("orders");
-    write_mesh_protocols(&path, &[("orders", &orders_id, app, app.port(), protocol)]);
-    let mut server = SidecarSpec::new(&ca, orders_id.clone(), path.clone());
+    let orders_mesh = ca.tmp.path().join("orders-mesh.yaml");
+    let service = |endpoint, protocol| [("orders", &orders_id, endpoint, app.port(), protocol)];
+    write_mesh_protocols(&orders_mesh, &service(app, orders_protocol));
+    let mut server = SidecarSpec::new(&ca, orders_id.clone(), orders_mesh);
     server.app = Some(app);
     server.limits = limits.clone();
     server.drain_timeout = drain;
     let orders = server.start().await;
-    let endpoint = orders.inbound.unwrap();
-    write_mesh_protocols(
-        &path,
-        &[("orders", &orders_id, endpoint, app.port(), protocol)],
-    );
-    let mut client = SidecarSpec::new(&ca, workload("web"), path);
+    let web_mesh = ca.tmp.path().join("web-mesh.yaml");
+    write_mesh_protocols(&web_mesh, &service(orders.inbound.unwrap(), web_protocol));
+    let mut client = SidecarSpec::new(&ca, workload("web"), web_mesh);
     client.forwards = vec![("orders".into(), app.port())];
     client.limits = limits;
     let web = client.start().await;
@@ -132,6 +141,14 @@ async fn upgrades_pass_through() {
         .unwrap();
     assert_eq!(&back, b"ping over the upgraded connection");
     assert_eq!(m.orders.metric(&requests_series(101)).await, 1.0);
+    // The tunnel is a connection like any other: open (so capped and
+    // drained) until it ends, on both sidecars.
+    let open = |direction: &str| format!("ward_tcp_open_connections{{direction=\"{direction}\"}}");
+    assert_eq!(m.web.metric(&open("outbound")).await, 1.0);
+    assert_eq!(m.orders.metric(&open("inbound")).await, 1.0);
+    drop(tcp);
+    m.web.assert_metric(&open("outbound"), 0.0).await;
+    m.orders.assert_metric(&open("inbound"), 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,9 +190,10 @@ async fn server_speaks_first_on_a_tcp_port_is_not_delayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_http_bytes_on_an_http_port_are_refused() {
-    let m = mesh(
+    // web's file says tcp, so its sidecar carries the bytes; orders' says http.
+    let m = mesh_declared(
         http_app().await,
-        "http",
+        ["tcp", "http"],
         Limits::default(),
         Duration::from_secs(5),
     )

@@ -341,6 +341,23 @@ async fn http_through_a_tcp_port_is_not_counted_outbound() {
     assert!(!text.contains(OUT_COUNT), "{text}");
 }
 
+/// Bytes that are not HTTP on a port declared `http` are refused by the
+/// caller's sidecar, before any mesh connection (the service's sidecar
+/// would refuse them too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_http_bytes_on_an_http_port_are_refused_before_the_mesh() {
+    let m = mesh(http_app().await, Opts::on("http")).await;
+    let back = round_trip(m.web.forwards[0], b"\x00\x01 not http\r\n").await;
+    assert!(
+        back.map(|b| b.is_empty()).unwrap_or(true),
+        "nothing comes back"
+    );
+    let refused = "ward_tcp_connection_errors_total{direction=\"outbound\",reason=\"not_http\"}";
+    m.web.assert_metric(refused, 1.0).await;
+    let handshakes = "ward_tls_handshakes_total{direction=\"outbound\",peer=\"orders\"}";
+    assert_eq!(m.web.metric(handshakes).await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_speaks_first_through_an_outbound_tcp_port_without_detection() {
     // Detection would wait 30 s on either side; a `tcp` port never waits.
@@ -359,8 +376,9 @@ async fn a_silent_client_on_a_detect_port_falls_back_to_tcp() {
     // Not a timing target: nothing may reach the app before some side has
     // waited out the silence.
     assert!(waited >= detect, "{waited:?}");
-    let sent = "ward_tcp_bytes_total{direction=\"outbound\",flow=\"received\",peer=\"orders\"}";
-    m.web.assert_metric(sent, 12.0).await;
+    // The banner, received from orders, as opaque bytes.
+    let banner = "ward_tcp_bytes_total{direction=\"outbound\",flow=\"received\",peer=\"orders\"}";
+    m.web.assert_metric(banner, 12.0).await;
     assert!(!m.web.metrics().await.contains(ANY_OUT_REQUEST));
 }
 

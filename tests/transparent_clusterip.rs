@@ -16,9 +16,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use support::adversary::{contains, count, eventually, metrics, replace_mesh, start_sidecar};
-use support::lab::{WARD, app_addr, curl, pod_of, run, start, talk};
+use support::lab::{WARD, app_addr, curl, pod_of, run, talk};
 use support::pods::{require_transparent_capture_or_skip, require_transparent_or_skip};
-use ward::lab::{Lab, scenario};
+use ward::lab::{Lab, Options, Placement, scenario};
 use ward::pods::{PodCommand, Testbed};
 
 /// orders' Service: port 80, target port 8080 (where its app listens).
@@ -47,9 +47,19 @@ fn target(lab: &Lab<'_>, name: &str) -> SocketAddrV4 {
 }
 
 /// The lab with orders and db behind their cluster IPs, and `yaml` as
-/// every sidecar's mesh file.
+/// every sidecar's mesh file. Protocol detection waits 30 s: a port
+/// declared `tcp` that got sniffed (its protocol looked up under the
+/// Service port instead of the target port) would hold db's banner past
+/// the clients' 5 s.
 fn start_behind_cluster_ips<'tb>(testbed: &'tb Testbed, yaml: &str) -> Lab<'tb> {
-    let lab = start(testbed);
+    let options = Options {
+        proxy_args: vec!["--detect-timeout".into(), "30s".into()],
+        ..Options::default()
+    };
+    let lab = match Lab::start_with(WARD.as_ref(), Placement::Pods(testbed), options) {
+        Ok(lab) => lab,
+        Err(e) => panic!("lab did not start: {e}\n{}", testbed.logs()),
+    };
     for (service, name) in [(ORDERS_SERVICE, "orders"), (DB_SERVICE, "db")] {
         let backend = target(&lab, name);
         testbed

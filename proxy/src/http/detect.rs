@@ -1,5 +1,6 @@
-//! Protocol detection on a port declared `detect`: read the first bytes (up
-//! to a short timeout) and decide HTTP/1, HTTP/2 (prior knowledge) or opaque
+//! Protocol detection: read the first bytes (up to a timeout: short on
+//! ports declared `detect`, longer where HTTP is declared and only its
+//! version is unknown) and decide HTTP/1, HTTP/2 (prior knowledge) or opaque
 //! TCP. Whatever was read is handed back in a [`Rewind`] so nothing is lost.
 //! A client that sends nothing within the timeout (a server-speaks-first
 //! protocol) is opaque: declare such ports `tcp` to skip the wait.

@@ -119,6 +119,7 @@ where
     let idle = activity.idle(shared.limits.idle_timeout);
     let authz = hop.authz().cloned();
     let upstream = Arc::new(Upstream::new(hop, shared.clone()));
+    let tunnels = upstream.clone();
     let peer = Arc::new(peer);
     let svc = service_fn(move |req| {
         let upstream = upstream.clone();
@@ -168,6 +169,7 @@ where
     if let Err(e) = result {
         tracing::debug!(direction, error = %e, "HTTP connection ended with an error");
     }
+    tunnels.tunnels_closed().await;
 }
 
 /// Resolves when a policy reload revokes an authenticated inbound

@@ -15,6 +15,7 @@ use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::answer;
@@ -64,6 +65,10 @@ pub struct Upstream {
     pub shared: Arc<Shared>,
     h1: Mutex<Option<client1::SendRequest<Incoming>>>,
     h2: Mutex<Option<client2::SendRequest<Incoming>>>,
+    /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
+    /// the downstream connection stays open, counted and drained, until
+    /// they end.
+    tunnels: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Upstream {
@@ -73,6 +78,15 @@ impl Upstream {
             shared,
             h1: Mutex::new(None),
             h2: Mutex::new(None),
+            tunnels: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Waits for the upgraded tunnels of this connection to end.
+    pub async fn tunnels_closed(&self) {
+        let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|e| e.into_inner()));
+        for tunnel in tunnels {
+            let _ = tunnel.await;
         }
     }
 
@@ -213,7 +227,7 @@ impl Upstream {
             let upstream = hyper::upgrade::on(&mut resp);
             let idle = self.shared.limits.idle_timeout;
             let (authz, shared) = (self.hop.authz().cloned(), self.shared.clone());
-            tokio::spawn(async move {
+            let tunnel = tokio::spawn(async move {
                 // Bytes are already counted on the metered downstream stream.
                 let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
                     return;
@@ -225,6 +239,8 @@ impl Upstream {
                     () = shared.drain.closing() => {}
                 }
             });
+            let mut tunnels = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+            tunnels.push(tunnel);
         }
         Ok(resp)
     }

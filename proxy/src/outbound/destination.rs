@@ -65,11 +65,14 @@ impl Destination {
         }
     }
 
-    /// The service the app reached by dialing `dialed` (transparent mode).
-    pub fn dialed(service: String, dialed: SocketAddr) -> Self {
+    /// The service the app reached by dialing `dialed` (transparent mode),
+    /// for its application port `port`: the registry's match, which is not
+    /// `dialed`'s port when the app dials a Service's cluster IP and
+    /// Service port while the mesh file declares the target port.
+    pub fn dialed(service: String, dialed: SocketAddr, port: u16) -> Self {
         Self {
             service,
-            port: Some(dialed.port()),
+            port: Some(port),
             pick: Pick::Dialed(dialed),
         }
     }

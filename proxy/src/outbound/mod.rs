@@ -86,7 +86,9 @@ async fn handle(
             };
             let registry = shared.registry.snapshot();
             match registry.destination(original) {
-                Some((service, _)) => Destination::dialed(service.name.clone(), original),
+                Some((service, spec)) => {
+                    Destination::dialed(service.name.clone(), original, spec.port)
+                }
                 None => {
                     record.peer = EGRESS_PEER.into();
                     let verdict = egress_verdict(*mode, registry.mesh.policy.mode);
@@ -97,14 +99,20 @@ async fn handle(
         }
     };
     record.peer = destination.service.clone();
-    let timeout = match destination.protocol(&shared) {
+    let protocol = destination.protocol(&shared);
+    let timeout = match protocol {
         // Declared opaque: never wait for the app to speak first.
         Protocol::Tcp => return splice_to(app, &destination, &shared).await,
         // A client pool may open a connection long before it sends on it.
         Protocol::Http => shared.limits.idle_timeout,
         Protocol::Detect => shared.limits.detect_timeout,
     };
-    let (detected, app) = match sniff(app, timeout).await {
+    let sniffed = tokio::select! {
+        sniffed = sniff(app, timeout) => sniffed,
+        // Nothing was sent on it, so nothing is in flight: close it.
+        () = shared.drain.draining() => return,
+    };
+    let (detected, app) = match sniffed {
         Ok(sniffed) => sniffed,
         Err(e) => {
             tracing::debug!(service = %destination.service, error = %e, "app connection ended before protocol detection");
@@ -112,6 +120,14 @@ async fn handle(
         }
     };
     match detected {
+        Detected::Opaque if protocol == Protocol::Http => {
+            // The service's sidecar would refuse it (`not_http`): do not
+            // spend a handshake on it.
+            m.connection_errors
+                .with_label_values(&[OUTBOUND, "not_http"])
+                .inc();
+            tracing::info!(service = %destination.service, "non-HTTP bytes, or silence, on a port declared http");
+        }
         Detected::Opaque => splice_to(app, &destination, &shared).await,
         version => http::serve_outbound(app, version, destination, shared.clone()).await,
     }
