@@ -14,6 +14,9 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::Shared;
+use crate::metrics::INBOUND;
+
 /// Copy buffer per direction: a full TLS record's worth of plaintext and
 /// then some, so a busy stream moves in few, large syscalls.
 const BUFFER: usize = 32 * 1024;
@@ -68,6 +71,48 @@ where
         res = copy => res.map(|_| ()).map_err(SpliceError::Io),
         () = clock.idle(idle) => Err(SpliceError::Idle(idle)),
     }
+}
+
+/// The `flow` labels of the bytes read from the downstream side (whoever
+/// opened the connection: the peer sidecar inbound, the app outbound) and
+/// from the upstream side; `flow` is always relative to the peer.
+pub fn flows(direction: &str) -> (&'static str, &'static str) {
+    if direction == INBOUND {
+        ("received", "sent")
+    } else {
+        ("sent", "received")
+    }
+}
+
+/// [`splice`] with the proxy's idle timeout, bytes counted in
+/// `ward_tcp_bytes_total{direction,peer,flow}`.
+pub async fn splice_counted<A, B>(
+    downstream: A,
+    upstream: B,
+    direction: &'static str,
+    peer: &str,
+    shared: &Shared,
+) -> Result<(), SpliceError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (down, up) = flows(direction);
+    let bytes = |flow| {
+        shared
+            .metrics
+            .bytes
+            .with_label_values(&[direction, peer, flow])
+    };
+    let idle = shared.limits.idle_timeout;
+    splice(
+        downstream,
+        upstream,
+        idle,
+        Some(bytes(down)),
+        Some(bytes(up)),
+    )
+    .await
 }
 
 /// Counts bytes read from and written to `stream`, for connections that

@@ -17,7 +17,7 @@ use ward_config::Protocol;
 use crate::Shared;
 use crate::authz::Inbound;
 use crate::dst::OriginalDst;
-use crate::forward::{splice, tls_transport};
+use crate::forward::{splice_counted, tls_transport};
 use crate::http::{
     self,
     detect::{Detected, sniff},
@@ -191,22 +191,7 @@ async fn splice_probe(tcp: TcpStream, target: SocketAddr, shared: &Shared) {
     let Some(app) = upstream::connect(target, Upstream::App, INBOUND, shared).await else {
         return;
     };
-    let received = shared
-        .metrics
-        .bytes
-        .with_label_values(&[INBOUND, PROBE_PEER, "received"]);
-    let sent = shared
-        .metrics
-        .bytes
-        .with_label_values(&[INBOUND, PROBE_PEER, "sent"]);
-    let _ = splice(
-        tcp,
-        app,
-        shared.limits.idle_timeout,
-        Some(received),
-        Some(sent),
-    )
-    .await;
+    let _ = splice_counted(tcp, app, INBOUND, PROBE_PEER, shared).await;
 }
 
 /// Opaque TCP: connect to the app and carry bytes both ways.
@@ -214,15 +199,11 @@ async fn splice_to_app<S>(io: S, target: SocketAddr, authz: &Inbound, peer: &str
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let m = &shared.metrics;
     let Some(app) = upstream::connect(target, Upstream::App, INBOUND, shared).await else {
         return;
     };
-    let received = m.bytes.with_label_values(&[INBOUND, peer, "received"]);
-    let sent = m.bytes.with_label_values(&[INBOUND, peer, "sent"]);
-    let idle = shared.limits.idle_timeout;
     tokio::select! {
-        res = splice(io, app, idle, Some(received), Some(sent)) => {
+        res = splice_counted(io, app, INBOUND, peer, shared) => {
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "inbound connection ended");
             }

@@ -39,7 +39,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Shared;
 use crate::authz::Inbound;
-use crate::metrics::INBOUND;
 use crate::outbound::Destination;
 use detect::Detected;
 use upstream::{Hop, Upstream};
@@ -101,13 +100,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let direction = hop.direction();
-    // Inbound the downstream is the peer; outbound it is the app, so what
-    // is read from it is what is sent to the peer.
-    let (reads, writes) = if direction == INBOUND {
-        ("received", "sent")
-    } else {
-        ("sent", "received")
-    };
+    let (reads, writes) = crate::forward::flows(direction);
     let bytes = |flow| {
         shared
             .metrics

@@ -25,7 +25,7 @@ use ward_config::policy::engine::Verdict;
 
 use crate::Shared;
 use crate::dst::OriginalDst;
-use crate::forward::splice;
+use crate::forward::splice_counted;
 use crate::http::{
     self,
     detect::{Detected, sniff},
@@ -142,11 +142,7 @@ where
         return;
     };
     let peer = &destination.service;
-    let m = &shared.metrics;
-    let sent = m.bytes.with_label_values(&[OUTBOUND, peer, "sent"]);
-    let received = m.bytes.with_label_values(&[OUTBOUND, peer, "received"]);
-    let idle = shared.limits.idle_timeout;
-    if let Err(e) = splice(app, tls, idle, Some(sent), Some(received)).await {
+    if let Err(e) = splice_counted(app, tls, OUTBOUND, peer, shared).await {
         tracing::debug!(%peer, error = %e, "outbound connection ended");
     }
 }
@@ -189,18 +185,7 @@ async fn egress(app: TcpStream, original: SocketAddr, verdict: Verdict, shared: 
     else {
         return;
     };
-    let sent = m.bytes.with_label_values(&[OUTBOUND, EGRESS_PEER, "sent"]);
-    let received = m
-        .bytes
-        .with_label_values(&[OUTBOUND, EGRESS_PEER, "received"]);
-    let _ = splice(
-        app,
-        upstream,
-        shared.limits.idle_timeout,
-        Some(sent),
-        Some(received),
-    )
-    .await;
+    let _ = splice_counted(app, upstream, OUTBOUND, EGRESS_PEER, shared).await;
 }
 
 #[cfg(test)]
