@@ -416,6 +416,26 @@ async fn a_large_request_body_arrives_intact() {
     m.web.assert_metric(&outbound(200), 1.0).await;
 }
 
+/// An app that gives up halfway through its own upload is not a failure of
+/// the service: it counts as 499 (client closed request), never as a 5xx
+/// that would page whoever owns orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_aborts_its_upload_is_counted_499_not_5xx() {
+    let (app, _) = echo_body_app().await;
+    let m = mesh(app, Opts::default()).await;
+    let mut tcp = TcpStream::connect(m.web.forwards[0]).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: orders\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[7u8; 4096]).await.unwrap();
+    // Let the request head reach orders' app before giving up.
+    m.web.assert_metric(OUT_HANDSHAKES, 1.0).await;
+    drop(tcp);
+    m.web.assert_metric(&outbound(499), 1.0).await;
+    let text = m.web.metrics().await;
+    assert!(!text.contains("status_code=\"5"), "{text}");
+}
+
 /// The destination's sidecar strips hop-by-hop headers too, so only a peer
 /// that shows what the outbound side sent it tests the outbound side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

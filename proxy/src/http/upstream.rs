@@ -54,6 +54,13 @@ impl Hop {
     }
 }
 
+/// "Client closed request" (nginx's 499): the downstream client went away
+/// before its request was complete.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// A stream to the next hop, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -130,6 +137,15 @@ impl Upstream {
     /// What the downstream client is told when the next hop failed; the
     /// details are in the log line (and counted where they happened).
     fn failed(&self, e: UpstreamError) -> Response<Body> {
+        if let UpstreamError::Http(h) = &e
+            && h.is_user()
+        {
+            // The request's own body failed: the downstream client gave up
+            // (or broke its framing) mid-request. Nobody reads this answer;
+            // it is counted as 499 so it does not pass for a failing peer.
+            tracing::debug!(direction = self.hop.direction(), error = %e, "client abandoned its request");
+            return answer(CLIENT_CLOSED_REQUEST, "ward: request abandoned\n".into());
+        }
         match &self.hop {
             Hop::App { addr, .. } => {
                 tracing::warn!(app = %addr, error = %e, "app request failed");
