@@ -333,7 +333,8 @@ async fn scrapes_after_traffic() -> Vec<Scrape> {
             .is_err()
     );
     let _ = round_trip(inbound, b"GET / HTTP/1.0\r\n\r\n").await;
-    // Bytes that are not HTTP on a port declared http: refused after TLS.
+    // Bytes that are not HTTP on a port declared http: refused by web's
+    // sidecar before any mesh connection.
     let _ = round_trip(web.forwards[0], b"\x00\x01 not http").await;
     let refused = https::request(ca.addr, "127.0.0.1", &ca.bundle_pem, "POST", "/v1/svid").await;
     assert_eq!(refused.map(|r| r.0), Ok(401));
@@ -358,11 +359,11 @@ async fn scrapes_after_traffic() -> Vec<Scrape> {
     assert_eq!(api.seen().len(), 2, "join tokens are not reviewed");
 
     let counted = poll(Duration::from_secs(5), || async {
-        let text = orders.metrics().await;
-        text.contains("ward_tls_handshake_errors_total{direction=\"inbound\"")
-            && text.contains("ward_tcp_connection_errors_total{direction=\"inbound\"")
+        let (orders, web) = (orders.metrics().await, web.metrics().await);
+        orders.contains("ward_tls_handshake_errors_total{direction=\"inbound\"")
+            && web.contains("ward_tcp_connection_errors_total{direction=\"outbound\"")
     });
-    assert!(counted.await, "{}", orders.metrics().await);
+    assert!(counted.await, "{}", web.metrics().await);
     let ca_scrape = https::request(ca.addr, "127.0.0.1", &ca.bundle_pem, "GET", "/metrics").await;
     let (status, ca_scrape) = ca_scrape.unwrap();
     assert_eq!(status, 200);
