@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::answer;
 use super::{Body, revoked};
-use crate::Shared;
 use crate::authz::Inbound;
 use crate::metrics::{INBOUND, OUTBOUND};
 use crate::outbound::{ConnectError, Destination};
+use crate::{Shared, upstream};
 
 /// Where requests go.
 pub enum Hop {
@@ -179,14 +179,8 @@ impl Upstream {
     async fn connect(&self) -> Result<Conn, UpstreamError> {
         let io: Box<dyn Io> = match &self.hop {
             Hop::App { addr, .. } => {
-                let connect = self.shared.dialer.connect(*addr);
-                let tcp = tokio::time::timeout(self.shared.limits.connect_timeout, connect)
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-                    })??;
-                let _ = tcp.set_nodelay(true);
-                Box::new(tcp)
+                let app = upstream::connect(*addr, upstream::Upstream::App, INBOUND, &self.shared);
+                Box::new(app.await.ok_or(UpstreamError::AppUnreachable)?)
             }
             Hop::Mesh(dest) => Box::new(dest.connect(&self.shared).await?),
         };
@@ -264,8 +258,9 @@ impl Upstream {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    /// Counted and logged by [`upstream::connect`].
+    #[error("the app did not accept a connection")]
+    AppUnreachable,
     #[error("{0}")]
     Http(#[from] hyper::Error),
     #[error("{0}")]
