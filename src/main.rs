@@ -22,7 +22,8 @@ struct Cli {
         env = "WARD_LOG_FORMAT"
     )]
     log_format: LogFormat,
-    /// Worker threads of the async runtime (default: one per CPU).
+    /// Worker threads of the async runtime (default: one per CPU; 1 runs
+    /// everything on one thread).
     #[arg(long, global = true, env = "WARD_WORKERS")]
     workers: Option<usize>,
     #[command(subcommand)]
@@ -76,11 +77,19 @@ fn main() -> std::process::ExitCode {
         "info,rustls::msgs=error"
     };
     init_logging(cli.log_format, default_level);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker is the common sidecar sizing: a current-thread runtime
+    // then runs every task on this thread, with no work-stealing
+    // bookkeeping and no wake-ups handed between threads.
+    let mut builder = match cli.workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(workers) = cli.workers {
-        builder.worker_threads(workers.max(1));
-    }
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {

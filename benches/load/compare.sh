@@ -10,11 +10,15 @@
 #   WORKERS=2 DURATION=20 benches/load/compare.sh
 #   SCENARIOS="stream" benches/load/compare.sh
 #   WARD_PROTOCOL=tcp benches/load/compare.sh   # ward carries the port as opaque TCP
+#   WARD=/tmp/old/ward benches/load/compare.sh  # another build of ward (A/B runs)
 #
 # Scenarios (issue 3 targets):
-#   rps     HTTP/1.1 keep-alive, ~100-byte responses, 32 connections (wrk)
+#   rps     HTTP/1.1 keep-alive, ~100-byte responses, 32 connections (wrk);
+#           also the CPU time each pair's two proxies spent per request
+#           (steadier than requests/s on a machine shared with the load tool)
 #   p99     fixed 2,000 requests/s, 20 connections (hey -q): added p99 over direct
-#   stream  one connection fetching 1 MiB responses back to back (wrk -c1): MB/s
+#   stream  one connection fetching 1 MiB responses back to back (wrk -c1): MB/s,
+#           and the proxies' CPU time per GiB carried
 #   rss     ward's resident memory when idle, after its first certificate
 # WARD_PROTOCOL (default detect, what a port gets unless the mesh file says
 # otherwise) is the app port's protocol in ward's mesh file: detect or http
@@ -25,20 +29,23 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 peers=${PEERS:-$root/../shared/peers/peers.sh}
+peers_dir=${PEERS_DIR:-/tmp/ward-peers}
 WORKERS=${WORKERS:-1}
 DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-rps p99 stream}
 WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
-APP=18080; NGINX=19001; HAPROXY=19002
-WARD_OUT=19003; WARD_IN=19445; WARD_CA=18643; ADMIN_IN=19020; ADMIN_OUT=19021
+NGINX=19001; HAPROXY=19002
 
 for tool in nginx haproxy openssl wrk hey curl; do
   command -v $tool >/dev/null || { echo "compare: $tool missing (apt-get install -y $tool)" >&2; exit 1; }
 done
 cd "$root"
-cargo build --release --quiet
-ward=$root/target/release/ward
+if [ -z "${WARD:-}" ]; then
+  cargo build --release --quiet
+  WARD=$root/target/release/ward
+fi
+ward=$WARD
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -52,45 +59,8 @@ trap cleanup EXIT
 "$peers" up --workers "$WORKERS" >/dev/null
 
 # The ward pair: a CA, a server sidecar in front of the app, a client sidecar.
-td=bench.ward
-$ward ca init --dir "$work/ca" --trust-domain $td --insecure-plaintext-key >/dev/null
-WARD_LOG=warn $ward ca serve --dir "$work/ca" --listen 127.0.0.1:$WARD_CA & pids+=($!)
-for id in client server; do
-  $ward ca token --dir "$work/ca" --identity spiffe://$td/ns/bench/sa/$id --ttl 1h > "$work/$id.token" 2>/dev/null
-done
-cat > "$work/mesh.yaml" <<EOF
-trust_domain: $td
-services:
-  app:
-    identity: spiffe://$td/ns/bench/sa/server
-    endpoints: ["127.0.0.1:$WARD_IN"]
-    ports:
-      - port: $APP
-        protocol: $WARD_PROTOCOL
-# ward denies by default: the load client is allowed, so every connection
-# pays for a policy decision, as in production.
-roles:
-  load:
-    - spiffe://$td/ns/bench/sa/client
-allow:
-  - name: load-to-app
-    from: [load]
-    to: app
-    ports: [$APP]
-EOF
-common=(--ca https://127.0.0.1:$WARD_CA --ca-bundle "$work/ca/root.pem" --mesh "$work/mesh.yaml")
-sleep 0.3
-WARD_LOG=warn $ward --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/server \
-  --token-file "$work/server.token" --inbound 127.0.0.1:$WARD_IN --app 127.0.0.1:$APP --admin 127.0.0.1:$ADMIN_IN & pids+=($!)
-server_pid=$!
-WARD_LOG=warn $ward --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/client \
-  --token-file "$work/client.token" --forward 127.0.0.1:$WARD_OUT=app:$APP --admin 127.0.0.1:$ADMIN_OUT & pids+=($!)
-client_pid=$!
-for admin in $ADMIN_IN $ADMIN_OUT; do
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$admin/ready >/dev/null && break; sleep 0.1; done
-  curl -sf http://127.0.0.1:$admin/ready >/dev/null || { echo "compare: ward sidecar on admin $admin not ready" >&2; exit 1; }
-done
-curl -sf http://127.0.0.1:$WARD_OUT/ | grep -q "hello from app" || { echo "compare: ward pair does not answer" >&2; exit 1; }
+source "$here/ward_pair.sh"
+ward_pair_up
 
 names=(direct ward nginx haproxy)
 ports=($APP $WARD_OUT $NGINX $HAPROXY)
@@ -101,14 +71,43 @@ echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 rss_kb() { awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} END {print r " (anon " a ")"}' /proc/"$1"/status; }
 echo "## rss: idle after first certificate (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"
 
+# The processes doing each pair's proxying (nginx: the master's workers).
+proxy_pids() {
+  case $1 in
+    direct) ;;
+    ward) echo "$server_pid $client_pid" ;;
+    nginx) for d in nginx-server nginx-client; do pgrep -P "$(cat "$peers_dir/$d/nginx.pid")"; done ;;
+    haproxy) cat "$peers_dir/haproxy/server.pid" "$peers_dir/haproxy/client.pid" ;;
+  esac
+}
+# CPU time (user + system, all threads) used so far by these processes, in ms.
+cpu_ms() {
+  local ticks=0 p
+  for p in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' /proc/"$p"/stat))); done
+  echo $((ticks * 1000 / $(getconf CLK_TCK)))
+}
+
+# Runs a load command for pair $1, its output in $out and, in $used, the
+# CPU ms its proxies spent meanwhile.
+under_load() {
+  local pp; pp=$(proxy_pids "$1" | xargs); shift
+  local before; before=$(cpu_ms $pp)
+  out=$("$@")
+  used=$(( $(cpu_ms $pp) - before ))
+}
+
 if wants rps; then
-echo "## rps: wrk -t1 -c32 -d${DURATION}s, keep-alive, ~100-byte responses"
+echo "## rps: wrk -t1 -c32 -d${DURATION}s, keep-alive, ~100-byte responses; CPU per request of the pair's two proxies"
 declare -A rps
 for i in "${!names[@]}"; do
-  out=$(wrk -t1 -c32 -d"${DURATION}s" --latency http://127.0.0.1:${ports[$i]}/)
-  rps[${names[$i]}]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  name=${names[$i]}
+  under_load "$name" wrk -t1 -c32 -d"${DURATION}s" --latency http://127.0.0.1:${ports[$i]}/
+  rps[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=""
+  [ "$name" != direct ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$n 'BEGIN {printf "%.1f", ms * 1000 / n}') us/request"
   errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
-  echo "${names[$i]}: ${rps[${names[$i]}]} req/s  p99 $(awk '$1=="99%" {print $2}' <<<"$out") ${errs}"
+  echo "$name: ${rps[$name]} req/s  p99 $(awk '$1=="99%" {print $2}' <<<"$out")${cpu} ${errs}"
 done
 echo "ratio ward/haproxy: $(awk -v a=${rps[ward]} -v b=${rps[haproxy]} 'BEGIN {printf "%.2f", a/b}')  ward/nginx: $(awk -v a=${rps[ward]} -v b=${rps[nginx]} 'BEGIN {printf "%.2f", a/b}')  ward/direct: $(awk -v a=${rps[ward]} -v b=${rps[direct]} 'BEGIN {printf "%.2f", a/b}')"
 fi
@@ -126,12 +125,16 @@ awk -v d=${p99[direct]} -v w=${p99[ward]} -v h=${p99[haproxy]} -v n=${p99[nginx]
 fi
 
 if wants stream; then
-echo "## stream: wrk -t1 -c1 -d${DURATION}s /1m (1 MiB responses back to back on one connection)"
+echo "## stream: wrk -t1 -c1 -d${DURATION}s /1m (1 MiB responses back to back on one connection); CPU per GiB of the pair's two proxies"
 declare -A mbs
 for i in "${!names[@]}"; do
-  out=$(wrk -t1 -c1 -d"${DURATION}s" http://127.0.0.1:${ports[$i]}/1m)
-  mbs[${names[$i]}]=$(awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else {sub("MB","",v)}; print v}' <<<"$out")
-  echo "${names[$i]}: ${mbs[${names[$i]}]} MB/s"
+  name=${names[$i]}
+  under_load "$name" wrk -t1 -c1 -d"${DURATION}s" http://127.0.0.1:${ports[$i]}/1m
+  mbs[$name]=$(awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else {sub("MB","",v)}; print v}' <<<"$out")
+  mib=$(awk '/requests in/ {print $1}' <<<"$out")  # one 1 MiB response each
+  cpu=""
+  [ "$name" != direct ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$mib 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
+  echo "$name: ${mbs[$name]} MB/s${cpu}"
 done
 echo "ratio ward/direct: $(awk -v a=${mbs[ward]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')  haproxy/direct: $(awk -v a=${mbs[haproxy]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')"
 fi

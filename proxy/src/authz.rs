@@ -26,10 +26,14 @@ pub struct Inbound {
 }
 
 /// The outcome the data path acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub verdict: Verdict,
     pub requires_http: bool,
+    /// For a request that was logged (denied, or let through in audit
+    /// mode): the id in its log line, for the refusal to carry. Made only
+    /// then, so an allowed request costs no id.
+    pub request_id: Option<String>,
 }
 
 impl Inbound {
@@ -57,7 +61,6 @@ impl Inbound {
         shared: &Shared,
         snapshot: &Snapshot,
         http: Option<HttpRequest<'_>>,
-        request_id: Option<&str>,
     ) -> Outcome {
         let service = self.service.as_deref().unwrap_or_default();
         let decision = snapshot.engine.decide(&Request {
@@ -72,7 +75,9 @@ impl Inbound {
             .authz
             .with_label_values(&[INBOUND, decision.verdict.as_str(), rule])
             .inc();
+        let mut request_id = None;
         if decision.verdict != Verdict::Allow {
+            request_id = http.map(|_| crate::http::request_id());
             let reason = match (&self.service, decision.rule) {
                 (None, _) => "this sidecar's identity is not a service in the mesh file",
                 (Some(_), Some(_)) => "denied by rule",
@@ -86,7 +91,7 @@ impl Inbound {
                 method = http.map(|h| h.method),
                 path = http.map(|h| h.path),
                 rule,
-                request_id,
+                request_id = request_id.as_deref(),
                 reason,
                 "authorization denied{}",
                 if decision.verdict == Verdict::AuditDeny { " (audit mode: let through)" } else { "" }
@@ -95,6 +100,7 @@ impl Inbound {
         Outcome {
             verdict: decision.verdict,
             requires_http: decision.requires_http,
+            request_id,
         }
     }
 

@@ -6,7 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let clock = Arc::new(Activity::new());
+    let clock = Arc::<Activity>::default();
     // Each side counts what is read from it; writes are the other's reads.
     let mut a = Metered {
         inner: a,
@@ -122,42 +122,34 @@ pub fn metered<S>(stream: S, reads: IntCounter, writes: IntCounter) -> Metered<S
         inner: stream,
         reads: Some(reads),
         writes: Some(writes),
-        clock: Arc::new(Activity::new()),
+        clock: Arc::<Activity>::default(),
     }
 }
 
-/// When anything last moved on a stream (or a spliced pair), in
-/// milliseconds since it began.
+/// Whether anything moved on a stream (or a spliced pair) since the idle
+/// watcher last looked: a flag, not a timestamp, so the data path reads no
+/// clock per read or write.
+#[derive(Default)]
 pub struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    moved: AtomicBool,
 }
 
 impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-
-    /// Resolves once nothing has moved for `limit` (checked four times per
-    /// limit, so it fires between `limit` and 1.25 × `limit`).
+    /// Resolves once nothing has moved for `limit` (looked at four times
+    /// per limit, so it fires between `limit` and 1.5 × `limit` after the
+    /// last byte).
     pub async fn idle(&self, limit: Duration) {
         let tick = (limit / 4).max(Duration::from_millis(10));
+        let mut last_moved = Instant::now();
         loop {
             tokio::time::sleep(tick).await;
-            if self.idle_for() >= limit {
+            if self.moved.swap(false, Ordering::Relaxed) {
+                last_moved = Instant::now();
+            } else if last_moved.elapsed() >= limit {
                 return;
             }
         }

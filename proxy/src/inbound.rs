@@ -131,7 +131,7 @@ async fn handle(
         shared.identity.id(),
         target.port(),
     );
-    let l4 = authz.decide(&shared, &snapshot, None, None);
+    let l4 = authz.decide(&shared, &snapshot, None);
     if !l4.verdict.passes() {
         return; // denied: counted and logged; the connection is closed
     }

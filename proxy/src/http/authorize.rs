@@ -33,18 +33,16 @@ impl Upstream {
                 return refusal(StatusCode::BAD_REQUEST, &id);
             }
         };
-        let id = request_id();
         let snapshot = shared.registry.snapshot();
-        let passes = match authz {
+        // The refusal, if any, with the id of its log line.
+        let refused = match authz {
             Some(authz) => {
                 let http = HttpRequest {
                     method: req.method().as_str(),
                     path: &path,
                 };
-                authz
-                    .decide(shared, &snapshot, Some(http), Some(&id))
-                    .verdict
-                    .passes()
+                let outcome = authz.decide(shared, &snapshot, Some(http));
+                (!outcome.verdict.passes()).then(|| outcome.request_id.unwrap_or_else(request_id))
             }
             None => {
                 let probe = snapshot.engine.is_probe(app.port(), Some(&path));
@@ -54,14 +52,15 @@ impl Upstream {
                     .authz
                     .with_label_values(&[INBOUND, decision, "probe"])
                     .inc();
-                if !probe {
+                (!probe).then(|| {
+                    let id = request_id();
                     tracing::warn!(path = %path, port = app.port(), request_id = %id, "plaintext request outside the declared probes");
-                }
-                probe
+                    id
+                })
             }
         };
         drop(snapshot);
-        if !passes {
+        if let Some(id) = refused {
             return refusal(StatusCode::FORBIDDEN, &id);
         }
         let rewritten = if path != req.uri().path() {
@@ -70,7 +69,8 @@ impl Upstream {
             Ok(())
         };
         if let Err(e) = rewritten {
-            tracing::warn!(error = %e, "cannot rewrite the request path");
+            let id = request_id();
+            tracing::warn!(error = %e, request_id = %id, "cannot rewrite the request path");
             return refusal(StatusCode::BAD_REQUEST, &id);
         }
         self.send(req).await

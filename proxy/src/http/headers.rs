@@ -2,19 +2,19 @@
 //! headers are for one hop only, which upgrades are carried, and path
 //! rewriting (inbound: the app sees the normalized path that was checked).
 
-use http::header::{CONNECTION, TE, UPGRADE};
+use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1) outside http's standard set.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is meaningful for one connection only.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
 
 /// Only WebSocket upgrades are carried: any other protocol switch (h2c,
 /// custom) would turn a policed HTTP connection into unchecked bytes, so
@@ -31,29 +31,39 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes hop-by-hop headers and those the Connection header names. For
 /// an upgrade request, `Connection: upgrade` and `Upgrade` must go through;
 /// `TE: trailers` stays too, as gRPC servers require it (HTTP/2 allows TE
-/// with that one value).
+/// with that one value). Runs on every request and answer, both sides: one
+/// pass over the (few) headers, no allocation unless Connection names some.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let strip = |name: &HeaderName| {
+        is_hop_by_hop(name) && !(keep_upgrade && (name == CONNECTION || name == UPGRADE))
+    };
+    if !keep_upgrade && !headers.keys().any(strip) {
+        return;
+    }
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // Connection names more headers to drop; its usual values ("close",
+    // "keep-alive") are options or already in the list, and allocate nothing.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !["close", "keep-alive"]
+                .iter()
+                .any(|o| token.eq_ignore_ascii_case(o))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .filter(|name| !is_hop_by_hop(name))
         .collect();
-    for name in named.iter().chain(
-        HOP_BY_HOP
-            .iter()
-            .map(|h| HeaderName::from_static(h))
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
-        if keep_upgrade && (name == CONNECTION || name == UPGRADE) {
-            continue;
-        }
+    for name in &named {
         headers.remove(name);
+    }
+    while let Some(name) = headers.keys().find(|name| strip(name)).cloned() {
+        headers.remove(&name);
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -104,5 +114,40 @@ mod tests {
         gzip.insert(TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut gzip, false);
         assert!(gzip.is_empty());
+        let mut plain = HeaderMap::new();
+        plain.insert(http::header::HOST, HeaderValue::from_static("app"));
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_says_connection_upgrade() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("host", "app"),
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut h, true);
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("connection", "upgrade"),
+                ("host", "app"),
+                ("upgrade", "websocket")
+            ]
+        );
     }
 }

@@ -43,6 +43,8 @@ use crate::outbound::Destination;
 use detect::Detected;
 use upstream::{Hop, Upstream};
 
+pub(crate) use respond::request_id;
+
 /// How long an idle HTTP/2 connection is given to send its GOAWAY.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
@@ -111,13 +113,11 @@ where
     let activity = io.activity();
     let idle = activity.idle(shared.limits.idle_timeout);
     let authz = hop.authz().cloned();
-    let upstream = Arc::new(Upstream::new(hop, shared.clone()));
+    let upstream = Arc::new(Upstream::new(hop, peer, shared.clone()));
     let tunnels = upstream.clone();
-    let peer = Arc::new(peer);
     let svc = service_fn(move |req| {
         let upstream = upstream.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(upstream.forward(req, &peer).await) }
+        async move { Ok::<_, Infallible>(upstream.forward(req).await) }
     });
     let io = TokioIo::new(io);
     let drain = shared.drain.clone();

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{Histogram, IntCounter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -70,6 +71,12 @@ type Conn = TokioIo<Box<dyn Io>>;
 pub struct Upstream {
     pub hop: Hop,
     pub shared: Arc<Shared>,
+    /// The `peer` label of this connection's requests.
+    peer: String,
+    /// This connection's request series, looked up once rather than per
+    /// request: the duration, and the count of the usual answer (200).
+    duration: Histogram,
+    ok: IntCounter,
     h1: Mutex<Option<client1::SendRequest<Incoming>>>,
     h2: Mutex<Option<client2::SendRequest<Incoming>>>,
     /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
@@ -79,9 +86,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(hop: Hop, shared: Arc<Shared>) -> Self {
+    pub fn new(hop: Hop, peer: String, shared: Arc<Shared>) -> Self {
+        let m = &shared.metrics;
+        let direction = hop.direction();
+        let duration = m.http_duration.with_label_values(&[direction, &peer]);
+        let ok = m
+            .http_requests
+            .with_label_values(&[direction, &peer, StatusCode::OK.as_str()]);
         Self {
             hop,
+            peer,
+            duration,
+            ok,
             shared,
             h1: Mutex::new(None),
             h2: Mutex::new(None),
@@ -98,18 +114,22 @@ impl Upstream {
     }
 
     /// Answers one request (inbound: if the policy allows it) and counts
-    /// it under `peer`.
-    pub async fn forward(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
+    /// it under this connection's peer.
+    pub async fn forward(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let resp = self.authorized(req).await;
-        let m = &self.shared.metrics;
-        let direction = self.hop.direction();
-        m.http_requests
-            .with_label_values(&[direction, peer, resp.status().as_str()])
-            .inc();
-        m.http_duration
-            .with_label_values(&[direction, peer])
-            .observe(started.elapsed().as_secs_f64());
+        if resp.status() == StatusCode::OK {
+            self.ok.inc();
+        } else {
+            let status = resp.status();
+            let labels = [self.hop.direction(), &self.peer, status.as_str()];
+            self.shared
+                .metrics
+                .http_requests
+                .with_label_values(&labels)
+                .inc();
+        }
+        self.duration.observe(started.elapsed().as_secs_f64());
         resp
     }
 

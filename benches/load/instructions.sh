@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Instructions each ward sidecar executes per request, counted by valgrind's
+# callgrind. Unlike requests/s on a shared 2-core machine, the count repeats
+# run after run (within about 0.5 %), so it tells whether a change to the
+# data path made it cheaper.
+#
+#   benches/load/instructions.sh                  # HTTP served (detect), 8 connections
+#   WARD_PROTOCOL=tcp benches/load/instructions.sh
+#   WARD=/tmp/old/ward benches/load/instructions.sh   # another build, same setup
+#   REQUESTS=4000 CONNECTIONS=8 benches/load/instructions.sh
+#
+# Setup as compare.sh (../shared/peers' nginx as the app, the ward pair from
+# ward_pair.sh), both sidecars under callgrind. hey sends REQUESTS requests,
+# then 2 x REQUESTS, each time on CONNECTIONS new connections; the
+# difference between the two counts divided by REQUESTS is the cost of one
+# request, the mTLS handshakes and start-up cancelled out.
+# Needs: valgrind hey curl nginx haproxy openssl.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+peers=${PEERS:-$root/../shared/peers/peers.sh}
+REQUESTS=${REQUESTS:-2000}
+CONNECTIONS=${CONNECTIONS:-8}
+WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
+WORKERS=1
+for tool in valgrind callgrind_control hey curl nginx haproxy openssl; do
+  command -v $tool >/dev/null || { echo "instructions: $tool missing (apt-get install -y valgrind hey ...)" >&2; exit 1; }
+done
+if [ -z "${WARD:-}" ]; then
+  (cd "$root" && cargo build --release --quiet)
+  WARD=$root/target/release/ward
+fi
+ward=$WARD
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$peers" down >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$peers" up >/dev/null
+source "$here/ward_pair.sh"
+ward_pair_up valgrind --tool=callgrind --callgrind-out-file="$work/%p.cg" 2>/dev/null
+
+# Instructions counted since the last zeroing, per sidecar (a dump file
+# per call; its "summary:" line is the total).
+counted() {
+  local pid
+  for pid in $server_pid $client_pid; do callgrind_control --dump "$pid" >/dev/null 2>&1; done
+  sleep 1
+  for pid in $server_pid $client_pid; do
+    awk '/^summary:/ {print $2}' "$(ls -t "$work/$pid.cg"* | head -1)"
+  done
+}
+zero() { local pid; for pid in $server_pid $client_pid; do callgrind_control --zero "$pid" >/dev/null 2>&1; done; }
+load() {
+  local out; out=$(hey -n "$1" -c "$CONNECTIONS" http://127.0.0.1:$WARD_OUT/)
+  grep -q "\[200\]"$'\t'"$1 responses" <<<"$out" || { echo "instructions: not every request answered 200:" >&2; echo "$out" >&2; exit 1; }
+}
+
+load 200
+zero; load "$REQUESTS"; read -r -d '' s1 c1 < <(counted) || true
+zero; load $((2 * REQUESTS)); read -r -d '' s2 c2 < <(counted) || true
+echo "# ward $($ward --version | cut -d' ' -f2) ($ward), port protocol $WARD_PROTOCOL, $CONNECTIONS connections, $REQUESTS requests"
+echo "server sidecar: $(( (s2 - s1) / REQUESTS )) instructions per request"
+echo "client sidecar: $(( (c2 - c1) / REQUESTS )) instructions per request"
