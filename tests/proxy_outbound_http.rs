@@ -171,10 +171,11 @@ async fn assert_answered_503(web: &Sidecar) {
 }
 
 /// A stand-in for orders' sidecar: TLS exactly as a sidecar (orders' SVID,
-/// client SVIDs required), then HTTP/1 answering each request with the
-/// header lines it received, or (`drop_requests`) closing the connection
-/// once the request has been read, without an answer.
-async fn fake_orders_sidecar(ca: &TestCa, drop_requests: bool) -> SocketAddr {
+/// client SVIDs required), then HTTP/1 answering the first `answers`
+/// requests of each connection with the header lines it received, and
+/// closing the connection, without an answer, once the next one has been
+/// read.
+async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
     let authority = ca.dir.load(None, OffsetDateTime::now_utc()).unwrap();
     let svid = support::svid(&authority, &workload("orders"), DAY);
     let certs = Arc::new(SingleCertAndKey::from(svid.certified.clone()));
@@ -190,18 +191,26 @@ async fn fake_orders_sidecar(ca: &TestCa, drop_requests: bool) -> SocketAddr {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                if drop_requests {
+                if answers == 0 {
                     let mut buf = [0u8; 4096];
                     let _ = tls.read(&mut buf).await;
                     return;
                 }
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let lines: String = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
-                        .collect();
-                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(lines))))
+                let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        if n >= answers {
+                            // A service error: hyper closes without answering.
+                            return Err("dropped");
+                        }
+                        let lines: String = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                            .collect();
+                        Ok(Response::new(Full::new(Bytes::from(lines))))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -441,7 +450,7 @@ async fn an_app_that_aborts_its_upload_is_counted_499_not_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stay_on_the_app_connection() {
     let ca = TestCa::start(DAY).await;
-    let web = web_towards(&ca, fake_orders_sidecar(&ca, false).await).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, usize::MAX).await).await;
     let mut sender = h1_connection(web.forwards[0]).await;
     let req = Request::get("/headers")
         .header("host", "orders")
@@ -474,10 +483,29 @@ async fn hop_by_hop_headers_stay_on_the_app_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_drops_the_request_gives_502() {
     let ca = TestCa::start(DAY).await;
-    let web = web_towards(&ca, fake_orders_sidecar(&ca, true).await).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, 0).await).await;
     let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
     assert_eq!(answers[0].0, 502, "{answers:?}");
     assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
+    web.assert_metric(&outbound(502), 1.0).await;
+}
+
+/// orders' sidecar closes each keep-alive connection when its second
+/// request arrives (as at its idle timeout, just as the request went out).
+/// A GET is sent again on a new connection, so the app gets its answer;
+/// a POST might have been acted on, so it gets its 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_mesh_connection_closed_under_it_is_sent_again_but_a_post_is_not() {
+    let ca = TestCa::start(DAY).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, 1).await).await;
+    let reqs = [("GET", "/a"), ("GET", "/b"), ("POST", "/c")];
+    let answers = http1_requests(web.forwards[0], &reqs).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 502], "{answers:?}");
+    // /a on the first mesh connection, /b again on a second, where the
+    // POST was dropped.
+    web.assert_metric(OUT_HANDSHAKES, 2.0).await;
+    web.assert_metric(&outbound(200), 2.0).await;
     web.assert_metric(&outbound(502), 1.0).await;
 }
 

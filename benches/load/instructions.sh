@@ -8,6 +8,7 @@
 #   WARD_PROTOCOL=tcp benches/load/instructions.sh
 #   WARD=/tmp/old/ward benches/load/instructions.sh   # another build, same setup
 #   REQUESTS=4000 CONNECTIONS=8 benches/load/instructions.sh
+#   URL_PATH=/1m REQUESTS=100 benches/load/instructions.sh   # per 1 MiB answer
 #
 # Setup as compare.sh (../shared/peers' nginx as the app, the ward pair from
 # ward_pair.sh), both sidecars under callgrind. hey sends REQUESTS requests,
@@ -21,6 +22,7 @@ root=$(cd "$here/../.." && pwd)
 peers=${PEERS:-$root/../shared/peers/peers.sh}
 REQUESTS=${REQUESTS:-2000}
 CONNECTIONS=${CONNECTIONS:-8}
+URL_PATH=${URL_PATH:-/}
 WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
 WORKERS=1
 for tool in valgrind callgrind_control hey curl nginx haproxy openssl; do
@@ -45,24 +47,26 @@ source "$here/ward_pair.sh"
 ward_pair_up valgrind --tool=callgrind --callgrind-out-file="$work/%p.cg" 2>/dev/null
 
 # Instructions counted since the last zeroing, per sidecar (a dump file
-# per call; its "summary:" line is the total).
+# per call, kept in $KEEP if set; its "summary:" line is the total).
 counted() {
   local pid
   for pid in $server_pid $client_pid; do callgrind_control --dump "$pid" >/dev/null 2>&1; done
   sleep 1
   for pid in $server_pid $client_pid; do
-    awk '/^summary:/ {print $2}' "$(ls -t "$work/$pid.cg"* | head -1)"
+    local dump; dump=$(ls -t "$work/$pid.cg"* | head -1)
+    [ -n "${KEEP:-}" ] && cp "$dump" "$KEEP/$([ "$pid" = "$server_pid" ] && echo server || echo client).cg"
+    awk '/^summary:/ {print $2}' "$dump"
   done
 }
 zero() { local pid; for pid in $server_pid $client_pid; do callgrind_control --zero "$pid" >/dev/null 2>&1; done; }
 load() {
-  local out; out=$(hey -n "$1" -c "$CONNECTIONS" http://127.0.0.1:$WARD_OUT/)
+  local out; out=$(hey -n "$1" -c "$CONNECTIONS" "http://127.0.0.1:$WARD_OUT$URL_PATH")
   grep -q "\[200\]"$'\t'"$1 responses" <<<"$out" || { echo "instructions: not every request answered 200:" >&2; echo "$out" >&2; exit 1; }
 }
 
 load 200
 zero; load "$REQUESTS"; read -r -d '' s1 c1 < <(counted) || true
 zero; load $((2 * REQUESTS)); read -r -d '' s2 c2 < <(counted) || true
-echo "# ward $($ward --version | cut -d' ' -f2) ($ward), port protocol $WARD_PROTOCOL, $CONNECTIONS connections, $REQUESTS requests"
+echo "# ward $($ward --version | cut -d' ' -f2) ($ward), port protocol $WARD_PROTOCOL, $CONNECTIONS connections, $REQUESTS requests of $URL_PATH"
 echo "server sidecar: $(( (s2 - s1) / REQUESTS )) instructions per request"
 echo "client sidecar: $(( (c2 - c1) / REQUESTS )) instructions per request"

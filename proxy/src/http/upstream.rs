@@ -3,13 +3,21 @@
 //! per downstream connection, of the same HTTP version, opened at the
 //! first request and reopened when the next hop closed it between
 //! requests; WebSocket upgrades get a connection of their own.
+//!
+//! An HTTP/1 keep-alive connection can be closed by the next hop (its idle
+//! timeout) just as a request goes out on it. The request is then sent
+//! again, once, on a new connection, if it was never written or if it is
+//! idempotent and has no body (RFC 9110 §9.2.2; what Go's HTTP client
+//! does); anything else gets its 502.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -62,6 +70,10 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
     Err(_) => StatusCode::BAD_REQUEST,
 };
 
+/// A request body towards the next hop: the downstream's own, or none for
+/// a request sent again.
+type UpBody = Either<Incoming, Empty<Bytes>>;
+
 /// A stream to the next hop, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -77,8 +89,8 @@ pub struct Upstream {
     /// request: the duration, and the count of the usual answer (200).
     duration: Histogram,
     ok: IntCounter,
-    h1: Mutex<Option<client1::SendRequest<Incoming>>>,
-    h2: Mutex<Option<client2::SendRequest<Incoming>>>,
+    h1: Mutex<Option<client1::SendRequest<UpBody>>>,
+    h2: Mutex<Option<client2::SendRequest<UpBody>>>,
     /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
     /// the downstream connection stays open, counted and drained, until
     /// they end.
@@ -209,18 +221,41 @@ impl Upstream {
 
     async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let mut slot = self.h1.lock().await;
-        let mut sender = match slot.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => {
-                let (s, conn) = client1::handshake(self.connect().await?).await?;
-                tokio::spawn(conn);
-                s
-            }
+        let (mut sender, reused) = match slot.take() {
+            Some(s) if !s.is_closed() => (s, true),
+            _ => (self.open_h1().await?, false),
         };
+        let replay = if reused { replayable(&req) } else { None };
+        let req = req.map(Either::Left);
+        let (error, unsent) = match sender.ready().await {
+            Err(e) => (e, Some(req)),
+            Ok(()) => match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    *slot = Some(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    (e.into_error(), unsent)
+                }
+            },
+        };
+        let again = unsent.or_else(|| replay.filter(|_| closed_under(&error)));
+        let Some(req) = again.filter(|_| reused) else {
+            return Err(error.into());
+        };
+        tracing::debug!(direction = self.hop.direction(), %error, "the next hop closed a reused connection under a request: sending it again on a new one");
+        let mut sender = self.open_h1().await?;
         sender.ready().await?;
         let resp = sender.send_request(req).await;
         *slot = Some(sender);
         Ok(resp?)
+    }
+
+    async fn open_h1(&self) -> Result<client1::SendRequest<UpBody>, UpstreamError> {
+        let (sender, conn) = client1::handshake(self.connect().await?).await?;
+        tokio::spawn(conn);
+        Ok(sender)
     }
 
     async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
@@ -240,7 +275,7 @@ impl Upstream {
             }
         };
         sender.ready().await?;
-        Ok(sender.send_request(req).await?)
+        Ok(sender.send_request(req.map(Either::Left)).await?)
     }
 
     /// An HTTP/1 upgrade: a dedicated upstream connection; on 101, the two
@@ -274,6 +309,41 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// A copy of `req` to send again should a reused connection close under
+/// it: only a request without a body and with an idempotent method.
+fn replayable(req: &Request<Incoming>) -> Option<Request<UpBody>> {
+    let idempotent = [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(req.method());
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether the connection went away under a request without an answer
+/// (closed or reset), as opposed to an answer that made no sense or a
+/// request body that failed.
+fn closed_under(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    error.is_incomplete_message()
+        || error.is_canceled()
+        || error
+            .source()
+            .is_some_and(|e| e.downcast_ref::<std::io::Error>().is_some())
 }
 
 #[derive(Debug, thiserror::Error)]
