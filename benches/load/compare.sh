@@ -41,25 +41,11 @@ for tool in nginx haproxy openssl wrk hey curl; do
   command -v $tool >/dev/null || { echo "compare: $tool missing (apt-get install -y $tool)" >&2; exit 1; }
 done
 cd "$root"
-if [ -z "${WARD:-}" ]; then
-  cargo build --release --quiet
-  WARD=$root/target/release/ward
-fi
-ward=$WARD
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  "$peers" down >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$here/ward_pair.sh"
 
 "$peers" up --workers "$WORKERS" >/dev/null
 
 # The ward pair: a CA, a server sidecar in front of the app, a client sidecar.
-source "$here/ward_pair.sh"
 ward_pair_up
 
 names=(direct ward nginx haproxy)

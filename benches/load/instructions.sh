@@ -25,25 +25,13 @@ CONNECTIONS=${CONNECTIONS:-8}
 URL_PATH=${URL_PATH:-/}
 WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
 WORKERS=1
+# hey gives each connection REQUESTS / CONNECTIONS requests, rounded down.
+[ $((REQUESTS % CONNECTIONS)) -eq 0 ] || { echo "instructions: REQUESTS must be a multiple of CONNECTIONS" >&2; exit 2; }
 for tool in valgrind callgrind_control hey curl nginx haproxy openssl; do
   command -v $tool >/dev/null || { echo "instructions: $tool missing (apt-get install -y valgrind hey ...)" >&2; exit 1; }
 done
-if [ -z "${WARD:-}" ]; then
-  (cd "$root" && cargo build --release --quiet)
-  WARD=$root/target/release/ward
-fi
-ward=$WARD
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  "$peers" down >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$peers" up >/dev/null
 source "$here/ward_pair.sh"
+"$peers" up >/dev/null
 ward_pair_up valgrind --tool=callgrind --callgrind-out-file="$work/%p.cg" 2>/dev/null
 
 # Instructions counted since the last zeroing, per sidecar (a dump file

@@ -1,11 +1,26 @@
 # Sourced by the load harnesses: a ward CA and a ward sidecar pair on
 # 127.0.0.1, in front of the app on $APP (started by ../shared/peers):
 #   load tool -> client sidecar (--forward $WARD_OUT) ==mTLS==> server sidecar ($WARD_IN) -> app
-# Needs $ward (the binary), $work (a scratch directory), $WARD_PROTOCOL and
-# $WORKERS. `ward_pair_up [WRAPPER...]` starts both sidecars, each under
-# WRAPPER if given (valgrind, perf), and sets $server_pid and $client_pid;
-# every process it starts goes into the caller's $pids.
+# Needs $root (the repository), $peers (peers.sh), $WARD_PROTOCOL and
+# $WORKERS. Sourcing builds ward (or takes $WARD, another build), makes
+# $work and stops everything on exit (the peers included).
+# `ward_pair_up [WRAPPER...]` starts both sidecars, each under WRAPPER if
+# given (valgrind, perf), and sets $server_pid and $client_pid.
 APP=18080; WARD_OUT=19003; WARD_IN=19445; WARD_CA=18643; ADMIN_IN=19020; ADMIN_OUT=19021
+if [ -z "${WARD:-}" ]; then
+  (cd "$root" && cargo build --release --quiet)
+  WARD=$root/target/release/ward
+fi
+ward=$WARD
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$peers" down >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 ward_pair_up() {
   local td=bench.ward

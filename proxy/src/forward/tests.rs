@@ -8,18 +8,31 @@ fn counters() -> (IntCounter, IntCounter) {
     )
 }
 
-#[tokio::test]
-async fn carries_both_ways_and_passes_half_close() {
-    let (client, proxy_a) = tokio::io::duplex(1024);
-    let (proxy_b, server) = tokio::io::duplex(1024);
+/// A splice of `a` and `b` in a task of its own, with its two counters.
+fn spawn_splice(
+    a: tokio::io::DuplexStream,
+    b: tokio::io::DuplexStream,
+) -> (
+    tokio::task::JoinHandle<Result<(), SpliceError>>,
+    IntCounter,
+    IntCounter,
+) {
     let (ab, ba) = counters();
     let task = tokio::spawn(splice(
-        proxy_a,
-        proxy_b,
+        a,
+        b,
         Duration::from_secs(5),
         Some(ab.clone()),
         Some(ba.clone()),
     ));
+    (task, ab, ba)
+}
+
+#[tokio::test]
+async fn carries_both_ways_and_passes_half_close() {
+    let (client, proxy_a) = tokio::io::duplex(1024);
+    let (proxy_b, server) = tokio::io::duplex(1024);
+    let (task, ab, ba) = spawn_splice(proxy_a, proxy_b);
     let (mut client, mut server) = (client, server);
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap(); // half-close: client is done sending
@@ -61,14 +74,7 @@ async fn idle_pairs_are_closed() {
 async fn carries_large_streams_both_ways_under_backpressure() {
     let (client, proxy_a) = tokio::io::duplex(4096);
     let (proxy_b, server) = tokio::io::duplex(4096);
-    let (ab, ba) = counters();
-    let task = tokio::spawn(splice(
-        proxy_a,
-        proxy_b,
-        Duration::from_secs(5),
-        Some(ab.clone()),
-        Some(ba.clone()),
-    ));
+    let (task, ab, ba) = spawn_splice(proxy_a, proxy_b);
     let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let down: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
     let side = |mut io: tokio::io::DuplexStream, send: Vec<u8>| async move {
