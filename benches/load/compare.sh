@@ -40,7 +40,6 @@ NGINX=19001; HAPROXY=19002
 for tool in nginx haproxy openssl wrk hey curl; do
   command -v $tool >/dev/null || { echo "compare: $tool missing (apt-get install -y $tool)" >&2; exit 1; }
 done
-cd "$root"
 source "$here/ward_pair.sh"
 
 "$peers" up --workers "$WORKERS" >/dev/null
@@ -91,7 +90,7 @@ for i in "${!names[@]}"; do
   rps[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   cpu=""
-  [ "$name" != direct ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$n 'BEGIN {printf "%.1f", ms * 1000 / n}') us/request"
+  [ "$name" != direct ] && [ "${n:-0}" -gt 0 ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$n 'BEGIN {printf "%.1f", ms * 1000 / n}') us/request"
   errs=$(grep -E "Non-2xx|Socket errors" <<<"$out" || true)
   echo "$name: ${rps[$name]} req/s  p99 $(awk '$1=="99%" {print $2}' <<<"$out")${cpu} ${errs}"
 done
@@ -119,7 +118,7 @@ for i in "${!names[@]}"; do
   mbs[$name]=$(awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else {sub("MB","",v)}; print v}' <<<"$out")
   mib=$(awk '/requests in/ {print $1}' <<<"$out")  # one 1 MiB response each
   cpu=""
-  [ "$name" != direct ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$mib 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
+  [ "$name" != direct ] && [ "${mib:-0}" -gt 0 ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$mib 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
   echo "$name: ${mbs[$name]} MB/s${cpu}"
 done
 echo "ratio ward/direct: $(awk -v a=${mbs[ward]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')  haproxy/direct: $(awk -v a=${mbs[haproxy]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')"

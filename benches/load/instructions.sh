@@ -32,7 +32,7 @@ for tool in valgrind callgrind_control hey curl nginx haproxy openssl; do
 done
 source "$here/ward_pair.sh"
 "$peers" up >/dev/null
-ward_pair_up valgrind --tool=callgrind --callgrind-out-file="$work/%p.cg" 2>/dev/null
+ward_pair_up valgrind --tool=callgrind --callgrind-out-file="$work/%p.cg" --log-file="$work/valgrind.%p.log"
 
 # Instructions counted since the last zeroing, per sidecar (a dump file
 # per call, kept in $KEEP if set; its "summary:" line is the total).
@@ -53,8 +53,16 @@ load() {
 }
 
 load 200
-zero; load "$REQUESTS"; read -r -d '' s1 c1 < <(counted) || true
-zero; load $((2 * REQUESTS)); read -r -d '' s2 c2 < <(counted) || true
-echo "# ward $($ward --version | cut -d' ' -f2) ($ward), port protocol $WARD_PROTOCOL, $CONNECTIONS connections, $REQUESTS requests of $URL_PATH"
+# Two totals (server, client), each a number, or the script stops.
+totals() {
+  mapfile -t "$1" < <(counted)
+  local -n got=$1
+  [[ ${#got[@]} -eq 2 && ${got[0]} =~ ^[0-9]+$ && ${got[1]} =~ ^[0-9]+$ ]] || {
+    echo "instructions: no callgrind totals (see $work/valgrind.*.log)" >&2; exit 1; }
+}
+zero; load "$REQUESTS"; totals first
+zero; load $((2 * REQUESTS)); totals second
+s1=${first[0]} c1=${first[1]} s2=${second[0]} c2=${second[1]}
+echo "# ward $("$ward" --version | cut -d' ' -f2) ($ward), port protocol $WARD_PROTOCOL, $CONNECTIONS connections, $REQUESTS requests of $URL_PATH"
 echo "server sidecar: $(( (s2 - s1) / REQUESTS )) instructions per request"
 echo "client sidecar: $(( (c2 - c1) / REQUESTS )) instructions per request"

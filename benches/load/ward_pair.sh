@@ -11,7 +11,7 @@ if [ -z "${WARD:-}" ]; then
   (cd "$root" && cargo build --release --quiet)
   WARD=$root/target/release/ward
 fi
-ward=$WARD
+ward=$(realpath "$WARD")
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -24,10 +24,10 @@ trap cleanup EXIT
 
 ward_pair_up() {
   local td=bench.ward
-  $ward ca init --dir "$work/ca" --trust-domain $td --insecure-plaintext-key >/dev/null 2>&1
-  WARD_LOG=error $ward ca serve --dir "$work/ca" --listen 127.0.0.1:$WARD_CA & pids+=($!)
+  "$ward" ca init --dir "$work/ca" --trust-domain $td --insecure-plaintext-key >/dev/null
+  WARD_LOG=error "$ward" ca serve --dir "$work/ca" --listen 127.0.0.1:$WARD_CA & pids+=($!)
   for id in client server; do
-    $ward ca token --dir "$work/ca" --identity spiffe://$td/ns/bench/sa/$id --ttl 1h > "$work/$id.token" 2>/dev/null
+    "$ward" ca token --dir "$work/ca" --identity spiffe://$td/ns/bench/sa/$id --ttl 1h > "$work/$id.token" 2>/dev/null
   done
   cat > "$work/mesh.yaml" <<EOM
 trust_domain: $td
@@ -51,10 +51,10 @@ allow:
 EOM
   local common=(--ca https://127.0.0.1:$WARD_CA --ca-bundle "$work/ca/root.pem" --mesh "$work/mesh.yaml")
   sleep 0.3
-  WARD_LOG=warn "$@" $ward --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/server \
+  WARD_LOG=warn "$@" "$ward" --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/server \
     --token-file "$work/server.token" --inbound 127.0.0.1:$WARD_IN --app 127.0.0.1:$APP --admin 127.0.0.1:$ADMIN_IN & pids+=($!)
   server_pid=$!
-  WARD_LOG=warn "$@" $ward --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/client \
+  WARD_LOG=warn "$@" "$ward" --workers "$WORKERS" proxy "${common[@]}" --identity spiffe://$td/ns/bench/sa/client \
     --token-file "$work/client.token" --forward 127.0.0.1:$WARD_OUT=app:$APP --admin 127.0.0.1:$ADMIN_OUT & pids+=($!)
   client_pid=$!
   local admin

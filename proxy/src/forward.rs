@@ -128,7 +128,7 @@ pub fn metered<S>(stream: S, reads: IntCounter, writes: IntCounter) -> Metered<S
 
 /// Whether anything moved on a stream (or a spliced pair) since the idle
 /// watcher last looked: a flag, not a timestamp, so the data path reads no
-/// clock per read or write.
+/// clock per read or write. One watcher per `Activity`: looking clears it.
 #[derive(Default)]
 pub struct Activity {
     moved: AtomicBool,

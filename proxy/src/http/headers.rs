@@ -43,19 +43,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // Connection names more headers to drop; its usual values ("close",
-    // "keep-alive") are options or already in the list, and allocate nothing.
+    // Connection names more headers to drop (a header named like an option,
+    // "close" included, goes too); "keep-alive", its usual value, is in the
+    // list already and allocates nothing.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|token| {
-            !["close", "keep-alive"]
-                .iter()
-                .any(|o| token.eq_ignore_ascii_case(o))
-        })
+        .filter(|token| !token.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| !is_hop_by_hop(name))
         .collect();

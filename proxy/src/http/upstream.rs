@@ -7,11 +7,11 @@
 //! An HTTP/1 keep-alive connection can be closed by the next hop (its idle
 //! timeout) just as a request goes out on it. The request is then sent
 //! again, once, on a new connection, if it was never written or if it is
-//! idempotent and has no body (RFC 9110 §9.2.2; what Go's HTTP client
-//! does); anything else gets its 502.
+//! safe and has no body (GET, HEAD, OPTIONS, TRACE: what Go's HTTP client
+//! replays); anything else gets its 502.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -85,10 +85,11 @@ pub struct Upstream {
     pub shared: Arc<Shared>,
     /// The `peer` label of this connection's requests.
     peer: String,
-    /// This connection's request series, looked up once rather than per
+    /// This connection's request series, looked up at its first request
+    /// (so a connection without requests adds no series) rather than per
     /// request: the duration, and the count of the usual answer (200).
-    duration: Histogram,
-    ok: IntCounter,
+    duration: OnceLock<Histogram>,
+    ok: OnceLock<IntCounter>,
     h1: Mutex<Option<client1::SendRequest<UpBody>>>,
     h2: Mutex<Option<client2::SendRequest<UpBody>>>,
     /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
@@ -99,17 +100,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(hop: Hop, peer: String, shared: Arc<Shared>) -> Self {
-        let m = &shared.metrics;
-        let direction = hop.direction();
-        let duration = m.http_duration.with_label_values(&[direction, &peer]);
-        let ok = m
-            .http_requests
-            .with_label_values(&[direction, &peer, StatusCode::OK.as_str()]);
         Self {
             hop,
             peer,
-            duration,
-            ok,
+            duration: OnceLock::new(),
+            ok: OnceLock::new(),
             shared,
             h1: Mutex::new(None),
             h2: Mutex::new(None),
@@ -130,18 +125,22 @@ impl Upstream {
     pub async fn forward(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let resp = self.authorized(req).await;
-        if resp.status() == StatusCode::OK {
-            self.ok.inc();
+        let m = &self.shared.metrics;
+        let direction = self.hop.direction();
+        let status = resp.status();
+        let count = |status: StatusCode| {
+            let labels = [direction, self.peer.as_str(), status.as_str()];
+            m.http_requests.with_label_values(&labels)
+        };
+        if status == StatusCode::OK {
+            self.ok.get_or_init(|| count(status)).inc();
         } else {
-            let status = resp.status();
-            let labels = [self.hop.direction(), &self.peer, status.as_str()];
-            self.shared
-                .metrics
-                .http_requests
-                .with_label_values(&labels)
-                .inc();
+            count(status).inc();
         }
-        self.duration.observe(started.elapsed().as_secs_f64());
+        let duration = self
+            .duration
+            .get_or_init(|| m.http_duration.with_label_values(&[direction, &self.peer]));
+        duration.observe(started.elapsed().as_secs_f64());
         resp
     }
 
@@ -312,18 +311,11 @@ impl Upstream {
 }
 
 /// A copy of `req` to send again should a reused connection close under
-/// it: only a request without a body and with an idempotent method.
+/// it: only a request without a body and with a safe method (a replayed
+/// DELETE, idempotent though it is, could answer 404 after it succeeded).
 fn replayable(req: &Request<Incoming>) -> Option<Request<UpBody>> {
-    let idempotent = [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(req.method());
-    if !idempotent || !req.body().is_end_stream() {
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(req.method());
+    if !safe || !req.body().is_end_stream() {
         return None;
     }
     let mut copy = Request::new(Either::Right(Empty::new()));
@@ -331,6 +323,7 @@ fn replayable(req: &Request<Incoming>) -> Option<Request<UpBody>> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
 }
 
