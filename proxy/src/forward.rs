@@ -139,9 +139,10 @@ impl Activity {
         self.moved.store(true, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has moved for `limit` (looked at four times
-    /// per limit, so it fires between `limit` and 1.5 × `limit` after the
-    /// last byte).
+    /// Resolves once nothing has moved for `limit`. Looked at every quarter
+    /// of `limit` (10 ms at least), and a byte counts from the first look
+    /// that sees it, so it fires between `limit` and `limit` + one look
+    /// (1.25 × `limit` from 40 ms up) after the last byte.
     pub async fn idle(&self, limit: Duration) {
         let tick = (limit / 4).max(Duration::from_millis(10));
         let mut last_moved = Instant::now();
