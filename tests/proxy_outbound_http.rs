@@ -392,6 +392,29 @@ async fn a_silent_client_on_a_detect_port_falls_back_to_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_speaking_first_on_a_detect_port_waits_for_one_detection_only() {
+    // The client sidecar gives up on the silent app after 200 ms and says
+    // so (ALPN `ward/1+tcp`); orders' sidecar, which would wait 60 s,
+    // splices at once. Without the word the banner would not come back
+    // within read_banner's 10 s.
+    let mut opts = Opts::detecting("detect", Duration::from_millis(200));
+    opts.server.detect_timeout = Duration::from_secs(60);
+    let m = mesh(banner_app().await, opts).await;
+    read_banner(m.web.forwards[0]).await;
+    let banner = format!(
+        "ward_tcp_bytes_total{{direction=\"inbound\",flow=\"sent\",peer=\"{}\"}}",
+        workload("web")
+    );
+    m.orders.assert_metric(&banner, 12.0).await;
+    assert!(
+        !m.orders
+            .metrics()
+            .await
+            .contains("ward_http_requests_total")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_pass_through_both_sidecars() {
     let m = mesh(http_app().await, Opts::default()).await;
     let mut tcp = websocket(m.web.forwards[0]).await;

@@ -7,18 +7,24 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use support::apps::{http_app, http1_requests};
 use support::mesh::*;
+use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use ward_config::TrustDomain;
+use ward_proxy::tls::config::{Carries, MESH_OPAQUE_ALPN, client_config};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 struct Mesh {
-    _ca: TestCa,
+    ca: TestCa,
     path: PathBuf,
     app: SocketAddr,
     protocol: &'static str,
@@ -87,7 +93,7 @@ async fn mesh(app: SocketAddr, protocol: &'static str, policy: &str) -> Mesh {
         "the endpoint rewrite is loaded"
     );
     Mesh {
-        _ca: ca,
+        ca,
         path,
         app,
         protocol,
@@ -366,6 +372,49 @@ async fn a_tcp_probe_opens_the_whole_port_in_plaintext() {
         b"are you alive"
     );
     assert_eq!(m.authz("allow", "probe").await, 1.0);
+}
+
+/// A client that says it carries opaque bytes (ALPN `ward/1+tcp`, what a
+/// sidecar offers once its own detection found no HTTP) on a `detect` port
+/// whose policy admits it by HTTP rules only: the word lets the server
+/// sidecar skip detection only where that checks nothing. Non-HTTP bytes
+/// are still refused, and HTTP is still decided request by request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_saying_it_carries_opaque_bytes_still_meets_the_http_rules() {
+    let m = mesh(http_app().await, "detect", WEB_ONLY_GETS).await;
+    let authority = m.ca.dir.load(None, OffsetDateTime::now_utc()).unwrap();
+    let svid = support::svid(&authority, &workload("web"), DAY);
+    let td = TrustDomain::new(TD).unwrap();
+    let mut config =
+        client_config(&svid, support::roots(&m.ca.dir), td, workload("orders")).unwrap();
+    config.alpn_protocols = Carries::Opaque.alpn();
+    let connector = TlsConnector::from(Arc::new(config));
+    let orders = m.orders.inbound.unwrap();
+    let exchange = async |bytes: &[u8]| {
+        let tcp = TcpStream::connect(orders).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::from(orders.ip()), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(MESH_OPAQUE_ALPN));
+        tls.write_all(bytes).await.unwrap();
+        let mut back = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut back));
+        let _ = read.await.expect("orders' sidecar answers or closes");
+        String::from_utf8_lossy(&back).into_owned()
+    };
+    assert_eq!(
+        exchange(b"ping\r\n").await,
+        "",
+        "non-HTTP bytes do not pass"
+    );
+    let refused = "ward_tcp_connection_errors_total{direction=\"inbound\",reason=\"not_http\"}";
+    m.orders.assert_metric(refused, 1.0).await;
+    let admin =
+        exchange(b"GET /api/admin/users HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n");
+    let answer = admin.await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(m.authz("deny", "no-admin").await, 1.0);
 }
 
 /// One GET through `addr`; `None` if the connection is closed instead.

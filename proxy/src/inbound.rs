@@ -4,7 +4,9 @@
 //! lines name, and labels the metrics if the mesh file names it (else
 //! `peer="other"`, see `metrics`). The port's declared protocol picks
 //! the path: `tcp` is spliced at once (server-speaks-first safe), `http` is
-//! served request by request, `detect` sniffs first (see `http::detect`).
+//! served request by request, `detect` sniffs first (see `http::detect`)
+//! unless the client sidecar says it carries opaque bytes (see
+//! `tls::config::Carries`) and the policy does not require HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::http::{
 };
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::{INBOUND, OTHER_PEER};
+use crate::tls::config::Carries;
 use crate::tls::failure::handshake_failure;
 use crate::tls::peer_id;
 use crate::upstream::{self, Upstream};
@@ -110,6 +113,7 @@ async fn handle(
         }
     };
     let (_, conn) = tls.get_ref();
+    let carries = Carries::negotiated(conn.alpn_protocol());
     let leaf = conn.peer_certificates().and_then(|c| c.first());
     let Some(Ok(peer)) = leaf.map(|leaf| peer_id(leaf, shared.identity.trust_domain())) else {
         // The verifier already enforced this; a failure here is a bug: fail closed.
@@ -142,8 +146,14 @@ async fn handle(
         .and_then(|svc| svc.port(target.port()))
         .map_or(Protocol::Detect, |p| p.protocol);
     drop(snapshot);
-    if protocol == Protocol::Tcp {
+    let opaque = match protocol {
         // Declared opaque: never wait for the client to speak first.
+        Protocol::Tcp => true,
+        // The client sidecar already detected: do not wait a second time.
+        Protocol::Detect => carries == Carries::Opaque && !l4.requires_http,
+        Protocol::Http => false,
+    };
+    if opaque {
         return splice_to_app(tls, target, &authz, &record.peer, &shared).await;
     }
     let timeout = match protocol {

@@ -32,6 +32,7 @@ use super::{Body, revoked};
 use crate::authz::Inbound;
 use crate::metrics::{INBOUND, OUTBOUND};
 use crate::outbound::{ConnectError, Destination};
+use crate::tls::config::Carries;
 use crate::{Shared, upstream};
 
 /// Where requests go.
@@ -213,7 +214,7 @@ impl Upstream {
                 let app = upstream::connect(*addr, upstream::Upstream::App, INBOUND, &self.shared);
                 Box::new(app.await.ok_or(UpstreamError::AppUnreachable)?)
             }
-            Hop::Mesh(dest) => Box::new(dest.connect(&self.shared).await?),
+            Hop::Mesh(dest) => Box::new(dest.connect(Carries::Http, &self.shared).await?),
         };
         Ok(TokioIo::new(io))
     }

@@ -17,6 +17,7 @@ use ward_config::mesh::{Protocol, Service};
 use crate::Shared;
 use crate::forward::tls_transport;
 use crate::metrics::OUTBOUND;
+use crate::tls::config::Carries;
 use crate::tls::failure::handshake_failure;
 
 /// An mTLS connection to one of a service's sidecars.
@@ -94,8 +95,13 @@ impl Destination {
     }
 
     /// Opens an mTLS connection to a sidecar of the service, on the
-    /// current mesh file, accepting only the service's SPIFFE ID.
-    pub async fn connect(&self, shared: &Shared) -> Result<MeshStream, ConnectError> {
+    /// current mesh file, accepting only the service's SPIFFE ID, and
+    /// telling it what the connection `carries`.
+    pub async fn connect(
+        &self,
+        carries: Carries,
+        shared: &Shared,
+    ) -> Result<MeshStream, ConnectError> {
         let snapshot = shared.registry.snapshot();
         let Some(service) = snapshot.mesh.service(&self.service) else {
             shared
@@ -116,7 +122,7 @@ impl Destination {
             }
             Pick::Dialed(addr) => vec![*addr],
         };
-        connect(service, &endpoints, shared).await
+        connect(service, &endpoints, carries, shared).await
     }
 }
 
@@ -126,6 +132,7 @@ impl Destination {
 async fn connect(
     service: &Service,
     endpoints: &[SocketAddr],
+    carries: Carries,
     shared: &Shared,
 ) -> Result<MeshStream, ConnectError> {
     let m = &shared.metrics;
@@ -155,6 +162,7 @@ async fn connect(
         };
         let _ = tcp.set_nodelay(true);
         let handshake = TlsConnector::from(config.clone())
+            .with_alpn(carries.alpn())
             .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
         let reason = match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => {

@@ -33,6 +33,7 @@ use crate::http::{
 use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::OUTBOUND;
 use crate::settings::Egress;
+use crate::tls::config::Carries;
 use crate::upstream::{self, Upstream};
 
 pub mod destination;
@@ -138,7 +139,7 @@ async fn splice_to<S>(app: S, destination: &Destination, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Ok(tls) = destination.connect(shared).await else {
+    let Ok(tls) = destination.connect(Carries::Opaque, shared).await else {
         return;
     };
     let peer = &destination.service;
