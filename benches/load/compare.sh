@@ -17,8 +17,13 @@
 #           also the CPU time each pair's two proxies spent per request
 #           (steadier than requests/s on a machine shared with the load tool)
 #   p99     fixed 2,000 requests/s, 20 connections (hey -q): added p99 over direct
-#   stream  one connection fetching 1 MiB responses back to back (wrk -c1): MB/s,
-#           and the proxies' CPU time per GiB carried
+#   stream  one connection streaming 1 GiB responses (wrk -c1): MB/s, and the
+#           proxies' CPU time per GiB carried. The peers' app has only a
+#           1 MiB file (/1m); this scenario extends that file to STREAM_MIB
+#           (default 1024) MiB for its duration, so every pair streams the
+#           same long responses. STREAM_MIB=1 gives the earlier scenario,
+#           1 MiB responses back to back, where each response's round trip
+#           through the chain is a pause in the stream.
 #   rss     ward's resident memory when idle, after its first certificate
 # WARD_PROTOCOL (default detect, what a port gets unless the mesh file says
 # otherwise) is the app port's protocol in ward's mesh file: detect or http
@@ -33,6 +38,7 @@ peers_dir=${PEERS_DIR:-/tmp/ward-peers}
 WORKERS=${WORKERS:-1}
 DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-rps p99 stream}
+STREAM_MIB=${STREAM_MIB:-1024}
 WARD_PROTOCOL=${WARD_PROTOCOL:-detect}
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 NGINX=19001; HAPROXY=19002
@@ -110,17 +116,25 @@ awk -v d=${p99[direct]} -v w=${p99[ward]} -v h=${p99[haproxy]} -v n=${p99[nginx]
 fi
 
 if wants stream; then
-echo "## stream: wrk -t1 -c1 -d${DURATION}s /1m (1 MiB responses back to back on one connection); CPU per GiB of the pair's two proxies"
+body=$peers_dir/app/1m.bin
+[ -f "$body" ] || { echo "compare: $body missing (has ../shared/peers changed?)" >&2; exit 1; }
+truncate -s "${STREAM_MIB}M" "$body"
+got=$(curl -sI http://127.0.0.1:$APP/1m | awk 'tolower($1)=="content-length:" {print $2+0}')
+[ "$got" = $((STREAM_MIB * 1048576)) ] || { echo "compare: the app serves $got bytes on /1m, not $STREAM_MIB MiB" >&2; exit 1; }
+echo "## stream: wrk -t1 -c1 -d${DURATION}s, /1m of $STREAM_MIB MiB, responses back to back on one connection; CPU per GiB of the pair's two proxies"
 declare -A mbs
+# wrk's "N.NNGB read" (or MB, KB) in MiB.
+mib_of() { awk '{v=$0; f=1; if (v ~ /GB/) f=1024; else if (v ~ /KB/) f=1/1024; gsub(/[A-Za-z]/, "", v); print v * f}'; }
 for i in "${!names[@]}"; do
   name=${names[$i]}
   under_load "$name" wrk -t1 -c1 -d"${DURATION}s" http://127.0.0.1:${ports[$i]}/1m
-  mbs[$name]=$(awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else {sub("MB","",v)}; print v}' <<<"$out")
-  mib=$(awk '/requests in/ {print $1}' <<<"$out")  # one 1 MiB response each
+  mbs[$name]=$(awk '/Transfer\/sec/ {print $2}' <<<"$out" | mib_of)
+  mib=$(awk '/ read$/ {print $(NF-1)}' <<<"$out" | tr -d , | mib_of)
   cpu=""
-  [ "$name" != direct ] && [ "${mib:-0}" -gt 0 ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$mib 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
-  echo "$name: ${mbs[$name]} MB/s${cpu}"
+  [ "$name" != direct ] && awk -v m="$mib" 'BEGIN {exit !(m > 0)}' && cpu=" proxies' CPU $(awk -v ms=$used -v n="$mib" 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
+  echo "$name: ${mbs[$name]} MiB/s${cpu}"
 done
+truncate -s 1M "$body"
 echo "ratio ward/direct: $(awk -v a=${mbs[ward]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')  haproxy/direct: $(awk -v a=${mbs[haproxy]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')"
 fi
 echo "## rss after load (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"
