@@ -20,7 +20,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::sign::SingleCertAndKey;
 use support::apps::{
     banner_app, echo_body_app, h1_connection, h1_send, http_app, http1_requests, http2_requests,
@@ -170,12 +170,13 @@ async fn assert_answered_503(web: &Sidecar) {
     web.assert_metric(&outbound(503), 1.0).await;
 }
 
-/// A stand-in for orders' sidecar: TLS exactly as a sidecar (orders' SVID,
-/// client SVIDs required), then HTTP/1 answering the first `answers`
-/// requests of each connection with the header lines it received, and
-/// closing the connection, without an answer, once the next one has been
-/// read.
-async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
+/// A stand-in for orders' sidecar's TLS, exactly as a sidecar's (orders'
+/// SVID, client SVIDs required); each connection is then `serve`d.
+async fn fake_orders_tls<F, Fut>(ca: &TestCa, serve: F) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let authority = ca.dir.load(None, OffsetDateTime::now_utc()).unwrap();
     let svid = support::svid(&authority, &workload("orders"), DAY);
     let certs = Arc::new(SingleCertAndKey::from(svid.certified.clone()));
@@ -186,39 +187,68 @@ async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if answers == 0 {
-                    let mut buf = [0u8; 4096];
-                    let _ = tls.read(&mut buf).await;
-                    return;
-                }
-                let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    async move {
-                        if n >= answers {
-                            // A service error: hyper closes without answering.
-                            return Err("dropped");
-                        }
-                        let lines: String = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
-                            .collect();
-                        Ok(Response::new(Full::new(Bytes::from(lines))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                tokio::spawn(serve(tls));
+            }
         }
     });
     addr
+}
+
+/// A stand-in for orders' sidecar ([`fake_orders_tls`]), then HTTP/1
+/// answering the first `answers` requests of each connection with the
+/// header lines it received, and closing the connection, without an
+/// answer, once the next one has been read.
+async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
+    fake_orders_tls(ca, move |mut tls| async move {
+        if answers == 0 {
+            let mut buf = [0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            return;
+        }
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if n >= answers {
+                    // A service error: hyper closes without answering.
+                    return Err("dropped");
+                }
+                let lines: String = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                    .collect();
+                Ok(Response::new(Full::new(Bytes::from(lines))))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    })
+    .await
+}
+
+/// A stand-in for orders' sidecar ([`fake_orders_tls`]) speaking HTTP/2
+/// that refuses every second stream of a connection (RST_STREAM
+/// REFUSED_STREAM: not processed, as a draining or overloaded peer does)
+/// and answers the others 200.
+async fn fake_h2_orders_refusing_every_second_stream(ca: &TestCa) -> SocketAddr {
+    fake_orders_tls(ca, |tls| async move {
+        let Ok(mut conn) = h2::server::handshake(tls).await else {
+            return;
+        };
+        let mut n = 0;
+        while let Some(Ok((_, mut respond))) = conn.accept().await {
+            n += 1;
+            if n % 2 == 0 {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            } else {
+                let _ = respond.send_response(Response::new(()), true);
+            }
+        }
+    })
+    .await
 }
 
 /// `GET path` for orders.
@@ -527,6 +557,35 @@ async fn a_get_on_a_mesh_connection_closed_under_it_is_sent_again_but_a_post_is_
     assert_eq!(statuses, [200, 200, 502], "{answers:?}");
     // /a on the first mesh connection, /b again on a second, where the
     // POST was dropped.
+    web.assert_metric(OUT_HANDSHAKES, 2.0).await;
+    web.assert_metric(&outbound(200), 2.0).await;
+    web.assert_metric(&outbound(502), 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_the_peer_refuses_is_sent_again_if_safe() {
+    let ca = TestCa::start(DAY).await;
+    let web = web_towards(&ca, fake_h2_orders_refusing_every_second_stream(&ca).await).await;
+    let tcp = TcpStream::connect(web.forwards[0]).await.unwrap();
+    let (mut app, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for (method, body) in [("GET", ""), ("GET", ""), ("POST", "order")] {
+        let req = Request::builder()
+            .method(method)
+            .uri("http://orders/")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), app.send_request(req)).await;
+        statuses.push(resp.expect("answered").unwrap().status().as_u16());
+    }
+    // The first GET on the first mesh connection; the second, refused
+    // there, again on a second connection, where the POST (with a body:
+    // not sent again) is refused.
+    assert_eq!(statuses, [200, 200, 502]);
     web.assert_metric(OUT_HANDSHAKES, 2.0).await;
     web.assert_metric(&outbound(200), 2.0).await;
     web.assert_metric(&outbound(502), 1.0).await;

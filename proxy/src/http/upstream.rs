@@ -4,11 +4,12 @@
 //! first request and reopened when the next hop closed it between
 //! requests; WebSocket upgrades get a connection of their own.
 //!
-//! An HTTP/1 keep-alive connection can be closed by the next hop (its idle
-//! timeout) just as a request goes out on it. The request is then sent
-//! again, once, on a new connection, if it was never written or if it is
-//! safe and has no body (GET, HEAD, OPTIONS, TRACE: what Go's HTTP client
-//! replays); anything else gets its 502.
+//! A reused connection can go away under a request: the next hop's idle
+//! timeout closes an HTTP/1 keep-alive connection, or a draining peer
+//! sends HTTP/2 GOAWAY (or refuses the stream), just as the request goes
+//! out. The request is then sent again, once, on a new connection, if it
+//! was never written or if it is safe and has no body (GET, HEAD, OPTIONS,
+//! TRACE: what Go's HTTP client replays); anything else gets its 502.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -240,7 +241,7 @@ impl Upstream {
                 }
             },
         };
-        let again = unsent.or_else(|| replay.filter(|_| closed_under(&error)));
+        let again = unsent.or_else(|| replay.filter(|_| went_unanswered(&error)));
         let Some(req) = again.filter(|_| reused) else {
             return Err(error.into());
         };
@@ -258,24 +259,48 @@ impl Upstream {
         Ok(sender)
     }
 
+    /// HTTP/2: one connection shared by the downstream connection's
+    /// streams; on a resend, a new one (the old one is going away).
     async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = {
-            let mut slot = self.h2.lock().await;
-            match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
-                _ => {
-                    let (s, conn) = client2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .handshake(self.connect().await?)
-                        .await?;
-                    tokio::spawn(conn);
-                    *slot = Some(s.clone());
-                    s
+        let (mut sender, reused) = self.h2_sender(false).await?;
+        let replay = if reused { replayable(&req) } else { None };
+        let (error, unsent) = match sender.ready().await {
+            Err(e) => (e, Some(req.map(Either::Left))),
+            Ok(()) => match sender.try_send_request(req.map(Either::Left)).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    (e.into_error(), unsent)
                 }
-            }
+            },
         };
+        let again = unsent.or_else(|| replay.filter(|_| went_unanswered(&error)));
+        let Some(req) = again.filter(|_| reused) else {
+            return Err(error.into());
+        };
+        tracing::debug!(direction = self.hop.direction(), %error, "the next hop's HTTP/2 connection went away under a request: sending it again on a new one");
+        let (mut sender, _) = self.h2_sender(true).await?;
         sender.ready().await?;
-        Ok(sender.send_request(req.map(Either::Left)).await?)
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// The shared HTTP/2 connection, and whether it was already open;
+    /// `fresh`: open a new one in its place.
+    async fn h2_sender(
+        &self,
+        fresh: bool,
+    ) -> Result<(client2::SendRequest<UpBody>, bool), UpstreamError> {
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
+            return Ok((s.clone(), true));
+        }
+        let (s, conn) = client2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(self.connect().await?)
+            .await?;
+        tokio::spawn(conn);
+        *slot = Some(s.clone());
+        Ok((s, false))
     }
 
     /// An HTTP/1 upgrade: a dedicated upstream connection; on 101, the two
@@ -329,15 +354,21 @@ fn replayable(req: &Request<Incoming>) -> Option<Request<UpBody>> {
 }
 
 /// Whether the connection went away under a request without an answer
-/// (closed or reset), as opposed to an answer that made no sense or a
-/// request body that failed.
-fn closed_under(error: &hyper::Error) -> bool {
+/// (closed or reset; HTTP/2: the peer's GOAWAY, or its refusal of the
+/// stream), as opposed to an answer that made no sense or a request body
+/// that failed.
+fn went_unanswered(error: &hyper::Error) -> bool {
     use std::error::Error as _;
+    let source = error.source();
+    let gone_away = source
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|e| {
+            e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
+        });
     error.is_incomplete_message()
         || error.is_canceled()
-        || error
-            .source()
-            .is_some_and(|e| e.downcast_ref::<std::io::Error>().is_some())
+        || gone_away
+        || source.is_some_and(|e| e.downcast_ref::<std::io::Error>().is_some())
 }
 
 #[derive(Debug, thiserror::Error)]
