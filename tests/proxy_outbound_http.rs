@@ -20,11 +20,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::sign::SingleCertAndKey;
 use support::apps::{
-    banner_app, echo_body_app, h1_connection, h1_send, http_app, http1_requests, http2_requests,
-    read_banner, websocket,
+    banner_app, echo_body_app, h1_connection, h1_send, h2_connection, http_app, http1_requests,
+    http2_requests, read_banner, websocket,
 };
 use support::mesh::*;
 use time::OffsetDateTime;
@@ -566,12 +566,7 @@ async fn a_get_on_a_mesh_connection_closed_under_it_is_sent_again_but_a_post_is_
 async fn an_http2_stream_the_peer_refuses_is_sent_again_if_safe() {
     let ca = TestCa::start(DAY).await;
     let web = web_towards(&ca, fake_h2_orders_refusing_every_second_stream(&ca).await).await;
-    let tcp = TcpStream::connect(web.forwards[0]).await.unwrap();
-    let (mut app, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut app = h2_connection(web.forwards[0]).await;
     let mut statuses = Vec::new();
     for (method, body) in [("GET", ""), ("GET", ""), ("POST", "order")] {
         let req = Request::builder()

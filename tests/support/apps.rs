@@ -111,12 +111,7 @@ pub async fn http1_requests(
 /// (status, body) of GET requests sent as HTTP/2 (prior knowledge) on one
 /// connection, one after the other.
 pub async fn http2_requests(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, String)> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connection(addr).await;
     let mut out = Vec::new();
     for path in paths {
         let req = Request::get(format!("http://orders{path}"))
@@ -126,6 +121,22 @@ pub async fn http2_requests(addr: SocketAddr, paths: &[&str]) -> Vec<(u16, Strin
         out.push((status, String::from_utf8_lossy(&body).into_owned()));
     }
     out
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`.
+pub async fn h2_connection<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
 }
 
 /// A server that speaks first: writes a banner as soon as a client connects.

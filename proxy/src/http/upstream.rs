@@ -226,26 +226,17 @@ impl Upstream {
             Some(s) if !s.is_closed() => (s, true),
             _ => (self.open_h1().await?, false),
         };
-        let replay = if reused { replayable(&req) } else { None };
-        let req = req.map(Either::Left);
-        let (error, unsent) = match sender.ready().await {
-            Err(e) => (e, Some(req)),
-            Ok(()) => match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    *slot = Some(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => {
-                    let unsent = e.take_message();
-                    (e.into_error(), unsent)
-                }
-            },
+        let req = match attempt(&mut sender, req, reused).await {
+            Ok(resp) => {
+                *slot = Some(sender);
+                return Ok(resp);
+            }
+            Err((error, None)) => return Err(error.into()),
+            Err((error, Some(req))) => {
+                tracing::debug!(direction = self.hop.direction(), %error, "the next hop closed a reused connection under a request: sending it again on a new one");
+                req
+            }
         };
-        let again = unsent.or_else(|| replay.filter(|_| went_unanswered(&error)));
-        let Some(req) = again.filter(|_| reused) else {
-            return Err(error.into());
-        };
-        tracing::debug!(direction = self.hop.direction(), %error, "the next hop closed a reused connection under a request: sending it again on a new one");
         let mut sender = self.open_h1().await?;
         sender.ready().await?;
         let resp = sender.send_request(req).await;
@@ -263,22 +254,14 @@ impl Upstream {
     /// streams; on a resend, a new one (the old one is going away).
     async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let (mut sender, reused) = self.h2_sender(false).await?;
-        let replay = if reused { replayable(&req) } else { None };
-        let (error, unsent) = match sender.ready().await {
-            Err(e) => (e, Some(req.map(Either::Left))),
-            Ok(()) => match sender.try_send_request(req.map(Either::Left)).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => {
-                    let unsent = e.take_message();
-                    (e.into_error(), unsent)
-                }
-            },
+        let req = match attempt(&mut sender, req, reused).await {
+            Ok(resp) => return Ok(resp),
+            Err((error, None)) => return Err(error.into()),
+            Err((error, Some(req))) => {
+                tracing::debug!(direction = self.hop.direction(), %error, "the next hop's HTTP/2 connection went away under a request: sending it again on a new one");
+                req
+            }
         };
-        let again = unsent.or_else(|| replay.filter(|_| went_unanswered(&error)));
-        let Some(req) = again.filter(|_| reused) else {
-            return Err(error.into());
-        };
-        tracing::debug!(direction = self.hop.direction(), %error, "the next hop's HTTP/2 connection went away under a request: sending it again on a new one");
         let (mut sender, _) = self.h2_sender(true).await?;
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
@@ -334,6 +317,56 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// hyper's HTTP/1 and HTTP/2 request senders, for [`attempt`].
+trait Sender {
+    async fn ready(&mut self) -> hyper::Result<()>;
+    async fn try_send(&mut self, req: Request<UpBody>) -> Result<Response<Incoming>, TrySend>;
+}
+
+type TrySend = hyper::client::conn::TrySendError<Request<UpBody>>;
+
+impl Sender for client1::SendRequest<UpBody> {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        client1::SendRequest::ready(self).await
+    }
+    async fn try_send(&mut self, req: Request<UpBody>) -> Result<Response<Incoming>, TrySend> {
+        self.try_send_request(req).await
+    }
+}
+
+impl Sender for client2::SendRequest<UpBody> {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        client2::SendRequest::ready(self).await
+    }
+    async fn try_send(&mut self, req: Request<UpBody>) -> Result<Response<Incoming>, TrySend> {
+        self.try_send_request(req).await
+    }
+}
+
+/// Sends `req` on `sender`. On failure, the error and, if the request may
+/// go out again on a new connection (the connection was `reused`, and the
+/// request never written, or safe, bodyless and unanswered), the request.
+async fn attempt(
+    sender: &mut impl Sender,
+    req: Request<Incoming>,
+    reused: bool,
+) -> Result<Response<Incoming>, (hyper::Error, Option<Request<UpBody>>)> {
+    let replay = if reused { replayable(&req) } else { None };
+    let req = req.map(Either::Left);
+    let (error, unsent) = match sender.ready().await {
+        Err(e) => (e, Some(req)),
+        Ok(()) => match sender.try_send(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                (e.into_error(), unsent)
+            }
+        },
+    };
+    let again = unsent.or_else(|| replay.filter(|_| went_unanswered(&error)));
+    Err((error, again.filter(|_| reused)))
 }
 
 /// A copy of `req` to send again should a reused connection close under
