@@ -17,7 +17,7 @@
 #           also the CPU time each pair's two proxies spent per request
 #           (steadier than requests/s on a machine shared with the load tool)
 #   p99     fixed 2,000 requests/s, 20 connections (hey -q): added p99 over direct
-#   stream  one connection streaming 1 GiB responses (wrk -c1): MB/s, and the
+#   stream  one connection streaming 1 GiB responses (wrk -c1): MiB/s, and the
 #           proxies' CPU time per GiB carried. The peers' app has only a
 #           1 MiB file (/1m); this scenario extends that file to STREAM_MIB
 #           (default 1024) MiB for its duration, so every pair streams the
@@ -118,9 +118,11 @@ fi
 if wants stream; then
 body=$peers_dir/app/1m.bin
 [ -f "$body" ] || { echo "compare: $body missing (has ../shared/peers changed?)" >&2; exit 1; }
+# Back to 1 MiB however the script ends (the peers' own `up` rewrites it too).
+trap 'truncate -c -s 1M "$body"; cleanup' EXIT
 truncate -s "${STREAM_MIB}M" "$body"
-got=$(curl -sI http://127.0.0.1:$APP/1m | awk 'tolower($1)=="content-length:" {print $2+0}')
-[ "$got" = $((STREAM_MIB * 1048576)) ] || { echo "compare: the app serves $got bytes on /1m, not $STREAM_MIB MiB" >&2; exit 1; }
+got=$(curl -sI http://127.0.0.1:$APP/1m | awk 'tolower($1)=="content-length:" {print $2+0}' || true)
+[ "$got" = $((STREAM_MIB * 1048576)) ] || { echo "compare: the app serves '$got' bytes on /1m, not $STREAM_MIB MiB" >&2; exit 1; }
 echo "## stream: wrk -t1 -c1 -d${DURATION}s, /1m of $STREAM_MIB MiB, responses back to back on one connection; CPU per GiB of the pair's two proxies"
 declare -A mbs
 # wrk's "N.NNGB read" (or MB, KB) in MiB.
@@ -134,7 +136,6 @@ for i in "${!names[@]}"; do
   [ "$name" != direct ] && awk -v m="$mib" 'BEGIN {exit !(m > 0)}' && cpu=" proxies' CPU $(awk -v ms=$used -v n="$mib" 'BEGIN {printf "%.0f", ms * 1024 / n}') ms/GiB"
   echo "$name: ${mbs[$name]} MiB/s${cpu}"
 done
-truncate -s 1M "$body"
 echo "ratio ward/direct: $(awk -v a=${mbs[ward]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')  haproxy/direct: $(awk -v a=${mbs[haproxy]} -v b=${mbs[direct]} 'BEGIN {printf "%.2f", a/b}')"
 fi
 echo "## rss after load (KiB): server sidecar $(rss_kb $server_pid), client sidecar $(rss_kb $client_pid)"

@@ -93,7 +93,7 @@ pub struct Upstream {
     duration: OnceLock<Histogram>,
     ok: OnceLock<IntCounter>,
     h1: Mutex<Option<client1::SendRequest<UpBody>>>,
-    h2: Mutex<Option<client2::SendRequest<UpBody>>>,
+    h2: Mutex<H2Slot>,
     /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
     /// the downstream connection stays open, counted and drained, until
     /// they end.
@@ -109,7 +109,7 @@ impl Upstream {
             ok: OnceLock::new(),
             shared,
             h1: Mutex::new(None),
-            h2: Mutex::new(None),
+            h2: Mutex::default(),
             tunnels: std::sync::Mutex::default(),
         }
     }
@@ -253,7 +253,7 @@ impl Upstream {
     /// HTTP/2: one connection shared by the downstream connection's
     /// streams; on a resend, a new one (the old one is going away).
     async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-        let (mut sender, reused) = self.h2_sender(false).await?;
+        let (mut sender, used, reused) = self.h2_sender(None).await?;
         let req = match attempt(&mut sender, req, reused).await {
             Ok(resp) => return Ok(resp),
             Err((error, None)) => return Err(error.into()),
@@ -262,28 +262,34 @@ impl Upstream {
                 req
             }
         };
-        let (mut sender, _) = self.h2_sender(true).await?;
+        let (mut sender, ..) = self.h2_sender(Some(used)).await?;
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
     }
 
-    /// The shared HTTP/2 connection, and whether it was already open;
-    /// `fresh`: open a new one in its place.
+    /// The shared HTTP/2 connection, its generation, and whether it was
+    /// already open. `replacing`: the generation that went away under a
+    /// request; a new connection replaces it, unless another request has
+    /// already replaced it (one GOAWAY, one new connection).
     async fn h2_sender(
         &self,
-        fresh: bool,
-    ) -> Result<(client2::SendRequest<UpBody>, bool), UpstreamError> {
+        replacing: Option<u64>,
+    ) -> Result<(client2::SendRequest<UpBody>, u64, bool), UpstreamError> {
         let mut slot = self.h2.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
-            return Ok((s.clone(), true));
+        if let Some(s) = &slot.sender
+            && !s.is_closed()
+            && replacing != Some(slot.generation)
+        {
+            return Ok((s.clone(), slot.generation, true));
         }
         let (s, conn) = client2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(self.connect().await?)
             .await?;
         tokio::spawn(conn);
-        *slot = Some(s.clone());
-        Ok((s, false))
+        slot.generation += 1;
+        slot.sender = Some(s.clone());
+        Ok((s, slot.generation, false))
     }
 
     /// An HTTP/1 upgrade: a dedicated upstream connection; on 101, the two
@@ -317,6 +323,15 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// The HTTP/2 connection a downstream connection's streams share.
+#[derive(Default)]
+struct H2Slot {
+    sender: Option<client2::SendRequest<UpBody>>,
+    /// Counts the connections opened, so a request that lost one can tell
+    /// whether it was already replaced.
+    generation: u64,
 }
 
 /// hyper's HTTP/1 and HTTP/2 request senders, for [`attempt`].
