@@ -282,6 +282,32 @@ async fn expired_client_certificate_is_refused() {
     b.assert_refused("expired_certificate", 1).await;
 }
 
+/// A client whose SVID expires after it made a session: the session it
+/// resumes (TLS 1.3 resumption verifies no chain, and rustls keeps
+/// sessions for 24 h) is refused as expired, as a full handshake would be;
+/// letting an SVID expire is how the mesh revokes a workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_after_the_client_svid_expired_is_refused() {
+    let ca = TestCa::start(DAY).await;
+    let b = Backend::ready(&ca).await;
+    let ttl = Duration::from_secs(2);
+    let svid = support::svid(&authority(&ca), &workload("web"), ttl);
+    let config = web_config(&ca, &svid);
+    assert_eq!(tls_ping(b.addr(), config.clone()).await.unwrap(), b"ping");
+    tokio::time::sleep(ttl + Duration::from_millis(1500)).await;
+    // The same configuration, hence the same session store: it resumes.
+    assert_nothing_back(&tls_ping(b.addr(), config).await);
+    let series =
+        "ward_tls_handshake_errors_total{direction=\"inbound\",reason=\"expired_certificate\"}";
+    b.sidecar.assert_metric(series, 1.0).await;
+    assert_eq!(
+        b.accepted(),
+        1,
+        "only the session made while the SVID was valid"
+    );
+    assert_healthy(&b.sidecar).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_svid_of_an_untrusted_foreign_trust_domain_is_refused() {
     let ca = TestCa::start(DAY).await;

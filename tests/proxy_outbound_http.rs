@@ -171,14 +171,15 @@ async fn assert_answered_503(web: &Sidecar) {
 }
 
 /// A stand-in for orders' sidecar's TLS, exactly as a sidecar's (orders'
-/// SVID, client SVIDs required); each connection is then `serve`d.
-async fn fake_orders_tls<F, Fut>(ca: &TestCa, serve: F) -> SocketAddr
+/// SVID, valid for `ttl`; client SVIDs required); each connection is then
+/// `serve`d.
+async fn fake_orders_tls<F, Fut>(ca: &TestCa, ttl: Duration, serve: F) -> SocketAddr
 where
     F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let authority = ca.dir.load(None, OffsetDateTime::now_utc()).unwrap();
-    let svid = support::svid(&authority, &workload("orders"), DAY);
+    let svid = support::svid(&authority, &workload("orders"), ttl);
     let certs = Arc::new(SingleCertAndKey::from(svid.certified.clone()));
     let td = TrustDomain::new(TD).unwrap();
     let config = server_config(certs, support::roots(&ca.dir), td).unwrap();
@@ -195,12 +196,12 @@ where
     addr
 }
 
-/// A stand-in for orders' sidecar ([`fake_orders_tls`]), then HTTP/1
-/// answering the first `answers` requests of each connection with the
-/// header lines it received, and closing the connection, without an
-/// answer, once the next one has been read.
-async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
-    fake_orders_tls(ca, move |mut tls| async move {
+/// A stand-in for orders' sidecar ([`fake_orders_tls`], its SVID valid
+/// for `ttl`), then HTTP/1 answering the first `answers` requests of each
+/// connection with the header lines it received, and closing the
+/// connection, without an answer, once the next one has been read.
+async fn fake_orders_sidecar(ca: &TestCa, answers: usize, ttl: Duration) -> SocketAddr {
+    fake_orders_tls(ca, ttl, move |mut tls| async move {
         if answers == 0 {
             let mut buf = [0u8; 4096];
             let _ = tls.read(&mut buf).await;
@@ -234,7 +235,7 @@ async fn fake_orders_sidecar(ca: &TestCa, answers: usize) -> SocketAddr {
 /// REFUSED_STREAM: not processed, as a draining or overloaded peer does)
 /// and answers the others 200.
 async fn fake_h2_orders_refusing_every_second_stream(ca: &TestCa) -> SocketAddr {
-    fake_orders_tls(ca, |tls| async move {
+    fake_orders_tls(ca, DAY, |tls| async move {
         let Ok(mut conn) = h2::server::handshake(tls).await else {
             return;
         };
@@ -503,7 +504,7 @@ async fn an_app_that_aborts_its_upload_is_counted_499_not_5xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stay_on_the_app_connection() {
     let ca = TestCa::start(DAY).await;
-    let web = web_towards(&ca, fake_orders_sidecar(&ca, usize::MAX).await).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, usize::MAX, DAY).await).await;
     let mut sender = h1_connection(web.forwards[0]).await;
     let req = Request::get("/headers")
         .header("host", "orders")
@@ -536,7 +537,7 @@ async fn hop_by_hop_headers_stay_on_the_app_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_drops_the_request_gives_502() {
     let ca = TestCa::start(DAY).await;
-    let web = web_towards(&ca, fake_orders_sidecar(&ca, 0).await).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, 0, DAY).await).await;
     let answers = http1_requests(web.forwards[0], &[("GET", "/api/a")]).await;
     assert_eq!(answers[0].0, 502, "{answers:?}");
     assert!(answers[0].2.starts_with("ward:"), "{answers:?}");
@@ -550,7 +551,7 @@ async fn a_peer_that_drops_the_request_gives_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_mesh_connection_closed_under_it_is_sent_again_but_a_post_is_not() {
     let ca = TestCa::start(DAY).await;
-    let web = web_towards(&ca, fake_orders_sidecar(&ca, 1).await).await;
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, 1, DAY).await).await;
     let reqs = [("GET", "/a"), ("GET", "/b"), ("POST", "/c")];
     let answers = http1_requests(web.forwards[0], &reqs).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
@@ -584,6 +585,25 @@ async fn an_http2_stream_the_peer_refuses_is_sent_again_if_safe() {
     web.assert_metric(OUT_HANDSHAKES, 2.0).await;
     web.assert_metric(&outbound(200), 2.0).await;
     web.assert_metric(&outbound(502), 1.0).await;
+}
+
+/// A session the web sidecar resumes (TLS 1.3 resumption verifies no
+/// chain) with a server whose SVID has expired since it was made is
+/// refused as a full handshake would be: the app gets its 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_after_the_server_svid_expired_is_refused() {
+    let ca = TestCa::start(DAY).await;
+    let ttl = Duration::from_secs(2);
+    let web = web_towards(&ca, fake_orders_sidecar(&ca, usize::MAX, ttl).await).await;
+    let first = http1_requests(web.forwards[0], &[("GET", "/a")]).await;
+    assert_eq!(first[0].0, 200, "{first:?}");
+    tokio::time::sleep(ttl + Duration::from_millis(1500)).await;
+    let second = http1_requests(web.forwards[0], &[("GET", "/b")]).await;
+    assert_eq!(second[0].0, 502, "{second:?}");
+    let expired =
+        "ward_tls_handshake_errors_total{direction=\"outbound\",reason=\"expired_certificate\"}";
+    web.assert_metric(expired, 1.0).await;
+    web.assert_metric(OUT_HANDSHAKES, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ use crate::listener::{ConnectionRecord, accept_loop};
 use crate::metrics::{INBOUND, OTHER_PEER};
 use crate::tls::config::Carries;
 use crate::tls::failure::handshake_failure;
-use crate::tls::peer_id;
+use crate::tls::{chain_expired, peer_id};
 use crate::upstream::{self, Upstream};
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, dst: Arc<dyn OriginalDst>) {
@@ -120,6 +120,12 @@ async fn handle(
         handshake_error("invalid_certificate");
         return;
     };
+    if conn.peer_certificates().is_none_or(chain_expired) {
+        // A resumed session whose client SVID has expired since.
+        handshake_error("expired_certificate");
+        tracing::info!(%client, %peer, "inbound session refused: the peer's SVID has expired");
+        return;
+    }
     let snapshot = shared.registry.snapshot();
     record.peer = snapshot.peer_label(&peer).to_string();
     if record.peer == OTHER_PEER {

@@ -17,6 +17,7 @@ use ward_config::mesh::{Protocol, Service};
 use crate::Shared;
 use crate::forward::tls_transport;
 use crate::metrics::OUTBOUND;
+use crate::tls::chain_expired;
 use crate::tls::config::Carries;
 use crate::tls::failure::handshake_failure;
 
@@ -165,6 +166,17 @@ async fn connect(
             .with_alpn(carries.alpn())
             .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
         let reason = match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
+            Ok(Ok(tls))
+                if tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_none_or(chain_expired) =>
+            {
+                // A resumed session whose server SVID has expired since.
+                tracing::warn!(service = %service.name, %endpoint, "outbound session refused: the server's SVID has expired");
+                "expired_certificate"
+            }
             Ok(Ok(tls)) => {
                 m.handshakes
                     .with_label_values(&[OUTBOUND, &service.name])

@@ -64,6 +64,23 @@ pub fn peer_id(leaf_der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId, 
     Ok(id)
 }
 
+/// Whether a certificate of the peer's `chain` has expired. A resumed TLS
+/// 1.3 session does not verify the chain again: rustls keeps a session for
+/// up to 24 hours, while an SVID lives an hour or so, and letting it expire
+/// (the CA refusing renewal) is how the mesh revokes a workload. Checked
+/// after every handshake, so a session outlives no certificate it began
+/// with. An unreadable certificate counts as expired.
+pub fn chain_expired(chain: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    chain.iter().any(|der| {
+        X509Certificate::from_der(der).map_or(true, |(_, cert)| {
+            u64::try_from(cert.validity().not_after.timestamp()).map_or(true, |t| t < now)
+        })
+    })
+}
+
 /// The SVID rule a handshake failed on, if that is why it failed (rustls
 /// carries our error inside `CertificateError::Other`).
 pub fn svid_rejection(err: &rustls::Error) -> Option<&SvidError> {
