@@ -25,6 +25,12 @@
 #           1 MiB responses back to back, where each response's round trip
 #           through the chain is a pause in the stream.
 #   rss     ward's resident memory when idle, after its first certificate
+# Not in the default set (not an issue 3 target):
+#   conn    a new connection per request (hey -disable-keepalive -c 32):
+#           req/s and the proxies' CPU per request. ward opens one mTLS
+#           connection per app connection; a proxy that keeps its upstream
+#           connections across client connections (haproxy does) skips
+#           that handshake. SCENARIOS="rps p99 stream conn" runs it too.
 # WARD_PROTOCOL (default detect, what a port gets unless the mesh file says
 # otherwise) is the app port's protocol in ward's mesh file: detect or http
 # serve HTTP request by request on both sidecars (per-request metrics, L7
@@ -113,6 +119,21 @@ for i in "${!names[@]}"; do
 done
 awk -v d=${p99[direct]} -v w=${p99[ward]} -v h=${p99[haproxy]} -v n=${p99[nginx]} 'BEGIN {
   printf "added p99 over direct: ward %.3f ms, haproxy %.3f ms, nginx %.3f ms\n", (w-d)*1000, (h-d)*1000, (n-d)*1000 }'
+fi
+
+if wants conn; then
+echo "## conn: hey -z ${DURATION}s -c 32 -disable-keepalive, one connection per request; CPU per request of the pair's two proxies"
+declare -A cps
+for i in "${!names[@]}"; do
+  name=${names[$i]}
+  under_load "$name" hey -z "${DURATION}s" -c 32 -disable-keepalive http://127.0.0.1:${ports[$i]}/
+  cps[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/\[200\]/ {print $2}' <<<"$out")
+  cpu=""
+  [ "$name" != direct ] && [ "${n:-0}" -gt 0 ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$n 'BEGIN {printf "%.1f", ms * 1000 / n}') us/request"
+  echo "$name: ${cps[$name]} req/s (${n:-0} answered 200)${cpu}"
+done
+echo "ratio ward/haproxy: $(awk -v a=${cps[ward]} -v b=${cps[haproxy]} 'BEGIN {printf "%.2f", a/b}')  ward/nginx: $(awk -v a=${cps[ward]} -v b=${cps[nginx]} 'BEGIN {printf "%.2f", a/b}')"
 fi
 
 if wants stream; then
