@@ -87,22 +87,28 @@ pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), http::Error> 
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|&(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers_but_keeps_te_trailers() {
-        let mut h = HeaderMap::new();
-        for (name, value) in [
+        let mut h = headers(&[
             ("connection", "keep-alive, x-secret"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
             ("x-secret", "1"),
             ("te", "trailers"),
             ("x-kept", "1"),
-        ] {
-            h.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         strip_hop_by_hop(&mut h, false);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
@@ -119,19 +125,13 @@ mod tests {
 
     #[test]
     fn an_upgrade_keeps_upgrade_and_says_connection_upgrade() {
-        let mut h = HeaderMap::new();
-        for (name, value) in [
+        let mut h = headers(&[
             ("connection", "Upgrade, x-secret"),
             ("upgrade", "websocket"),
             ("x-secret", "1"),
             ("transfer-encoding", "chunked"),
             ("host", "app"),
-        ] {
-            h.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         strip_hop_by_hop(&mut h, true);
         let mut left: Vec<_> = h
             .iter()
