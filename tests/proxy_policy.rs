@@ -182,6 +182,7 @@ async fn only_peers_the_mesh_file_names_label_metrics() {
 
     let answers = http1_requests(m.web.forwards[0], &[("GET", "/")]).await;
     assert_eq!(answers[0].0, 200);
+    close_pooled(&m.web).await;
     assert!(
         counted("other".into(), 1.0).await,
         "{}",
@@ -194,6 +195,7 @@ async fn only_peers_the_mesh_file_names_label_metrics() {
     m.set_policy(EVERYONE_AND_WEB).await;
     let answers = http1_requests(m.web.forwards[0], &[("GET", "/")]).await;
     assert_eq!(answers[0].0, 200);
+    close_pooled(&m.web).await;
     assert!(
         counted(web.to_string(), 1.0).await,
         "{}",
@@ -204,6 +206,15 @@ async fn only_peers_the_mesh_file_names_label_metrics() {
         counted("other".into(), 1.0).await,
         "the first connection stays where it was"
     );
+}
+
+/// Closes the mesh connection web pools once its app connection has given
+/// it back: orders then counts it closed, and web's next app connection
+/// makes a new one, labelled by the mesh file of its time.
+async fn close_pooled(web: &Sidecar) {
+    let pooled = "ward_http_pool_idle_connections{peer=\"orders\"}";
+    web.assert_metric(pooled, 1.0).await;
+    web.shared.pool.close_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

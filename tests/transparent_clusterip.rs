@@ -51,9 +51,16 @@ fn target(lab: &Lab<'_>, name: &str) -> SocketAddrV4 {
 /// declared `tcp` that got sniffed (its protocol looked up under the
 /// Service port instead of the target port) would hold db's banner past
 /// the clients' 5 s.
-fn start_behind_cluster_ips<'tb>(testbed: &'tb Testbed, yaml: &str) -> Lab<'tb> {
+/// The lab with the mesh file `yaml`, every sidecar given `proxy_args` too.
+fn start_behind_cluster_ips<'tb>(
+    testbed: &'tb Testbed,
+    yaml: &str,
+    proxy_args: &[&str],
+) -> Lab<'tb> {
+    let mut args = vec!["--detect-timeout", "30s"];
+    args.extend_from_slice(proxy_args);
     let options = Options {
-        proxy_args: vec!["--detect-timeout".into(), "30s".into()],
+        proxy_args: args.into_iter().map(String::from).collect(),
         ..Options::default()
     };
     let lab = match Lab::start_with(WARD.as_ref(), Placement::Pods(testbed), options) {
@@ -76,7 +83,7 @@ fn a_cluster_ip_endpoint_gets_mutual_tls_and_the_target_ports_policy() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
-    let lab = start_behind_cluster_ips(&testbed, &cluster_ip_mesh());
+    let lab = start_behind_cluster_ips(&testbed, &cluster_ip_mesh(), &[]);
     let web = pod_of(&lab, "web");
     let orders = pod_of(&lab, "orders");
     let capture = testbed.capture().expect("capture on the bridge");
@@ -130,20 +137,20 @@ fn a_cluster_ip_endpoint_gets_mutual_tls_and_the_target_ports_policy() {
         contains(&pcap, &[0x17, 0x03, 0x03]),
         "no TLS records on the bridge"
     );
-    // Every mesh connection went through the node's DNAT: 2 to orders,
-    // 2 to db (web's is refused by db's sidecar after the handshake).
-    for service in [ORDERS_SERVICE, DB_SERVICE] {
-        let connections = testbed.cluster_ip_connections(service).expect("counted");
-        assert_eq!(connections, 2, "{service}");
-    }
-
+    // Every mesh connection went through the node's DNAT: 2 to db (web's
+    // is refused by db's sidecar after the handshake); to orders, one for
+    // web's GET and one for its POST, unless the POST took the GET's
+    // from web's pool.
     let m = metrics(&lab, "web");
     let to = |peer| [("direction", "outbound"), ("peer", peer)];
-    assert_eq!(
-        count(&m, "ward_tls_handshakes_total", &to("orders")),
-        2.0,
-        "{m}"
-    );
+    let to_orders = count(&m, "ward_tls_handshakes_total", &to("orders"));
+    let reuses = count(&m, "ward_http_pool_reuses_total", &[("peer", "orders")]);
+    assert!(to_orders >= 1.0, "{m}");
+    assert_eq!(to_orders + reuses, 2.0, "{m}");
+    for (service, connections) in [(ORDERS_SERVICE, to_orders), (DB_SERVICE, 2.0)] {
+        let counted = testbed.cluster_ip_connections(service).expect("counted");
+        assert_eq!(counted as f64, connections, "{service}");
+    }
     assert_eq!(
         count(&m, "ward_tls_handshakes_total", &to("db")),
         1.0,
@@ -159,7 +166,7 @@ fn a_cluster_ip_endpoint_gets_mutual_tls_and_the_target_ports_policy() {
     let from_web = [("direction", "inbound"), ("peer", WEB)];
     assert_eq!(
         count(&m, "ward_tls_handshakes_total", &from_web),
-        2.0,
+        to_orders,
         "{m}"
     );
     let allowed = [("decision", "allow"), ("rule", "web-reads-orders")];
@@ -189,7 +196,11 @@ fn callers_follow_the_cluster_ip_while_its_pods_change() {
         return;
     }
     let testbed = Testbed::new().expect("testbed");
-    let lab = start_behind_cluster_ips(&testbed, &cluster_ip_mesh());
+    // web's pool reuses a mesh connection (to whichever pod kube-proxy
+    // picked when it opened) for 250 ms at most.
+    let max_age = Duration::from_millis(250);
+    let pooling = ["--pool-max-age", "250ms"];
+    let lab = start_behind_cluster_ips(&testbed, &cluster_ip_mesh(), &pooling);
     let web = pod_of(&lab, "web");
     // A second replica of orders: interception, an app telling its name,
     // and a sidecar with orders' identity and files.
@@ -227,13 +238,18 @@ fn callers_follow_the_cluster_ip_while_its_pods_change() {
         answered_by().as_deref() == Some("orders-2")
     });
     assert!(moved, "{}\n{}", lab.logs(), replica.logs());
-    // Two pods: each connection goes to either (20 calls miss one of them
-    // with probability 2^-19).
+    // Two pods: each new mesh connection goes to either (20 calls, each
+    // after the last one's connection aged out of web's pool, miss one of
+    // them with probability 2^-19).
     let orders_target = target(&lab, "orders");
     testbed
         .set_cluster_ip(ORDERS_SERVICE, &[orders_target, replica_target])
         .expect("both");
-    let seen: BTreeSet<Option<String>> = (0..20).map(|_| answered_by()).collect();
+    let fresh_answer = || {
+        std::thread::sleep(max_age * 2);
+        answered_by()
+    };
+    let seen: BTreeSet<Option<String>> = (0..20).map(|_| fresh_answer()).collect();
     let both = ["orders", "orders-2"].map(|n| Some(n.to_string()));
     assert_eq!(seen, BTreeSet::from(both), "{}", lab.logs());
 
@@ -242,7 +258,7 @@ fn callers_follow_the_cluster_ip_while_its_pods_change() {
     testbed
         .set_cluster_ip(ORDERS_SERVICE, &[target(&lab, "db")])
         .expect("wrong pod");
-    assert_eq!(answered_by(), None);
+    assert_eq!(fresh_answer(), None);
     let m = metrics(&lab, "web");
     let wrong = [("direction", "outbound"), ("reason", "unexpected_identity")];
     assert_eq!(
@@ -285,7 +301,7 @@ fn ports_listed_as_service_ports_miss_the_policy() {
         "{on_service_port}"
     );
     let testbed = Testbed::new().expect("testbed");
-    let lab = start_behind_cluster_ips(&testbed, &on_service_port);
+    let lab = start_behind_cluster_ips(&testbed, &on_service_port, &[]);
     let orders = pod_of(&lab, "orders");
 
     let answer = talk(orders, SocketAddr::V4(DB_SERVICE), "SELECT 1");

@@ -1,6 +1,6 @@
 //! Human durations as operators type them on the command line and in YAML:
-//! `90s`, `30m`, `1h`, `24h`, `7d`, `1h30m`. Deliberately small: whole units
-//! only, no fractions, no months (their length is ambiguous).
+//! `250ms`, `90s`, `30m`, `1h`, `24h`, `7d`, `1h30m`. Deliberately small:
+//! whole units only, no fractions, no months (their length is ambiguous).
 
 use std::time::Duration;
 
@@ -9,13 +9,13 @@ use std::time::Duration;
 pub enum DurationError {
     #[error("empty duration: write e.g. 30s, 15m, 24h or 7d")]
     Empty,
-    #[error("invalid duration {0:?}: write whole numbers with units s, m, h or d, e.g. 1h30m")]
+    #[error("invalid duration {0:?}: write whole numbers with units ms, s, m, h or d, e.g. 1h30m")]
     Invalid(String),
     #[error("duration {0:?} is too large")]
     Overflow(String),
 }
 
-/// Parses `1h30m`-style durations (units `s`, `m`, `h`, `d`).
+/// Parses `1h30m`-style durations (units `ms`, `s`, `m`, `h`, `d`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
@@ -23,32 +23,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     }
     let invalid = || DurationError::Invalid(text.to_string());
     let overflow = || DurationError::Overflow(text.to_string());
-    let mut total: u64 = 0;
+    let mut millis: u64 = 0;
     let mut digits = String::new();
-    for ch in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
         if ch.is_ascii_digit() {
             digits.push(ch);
             continue;
         }
         let unit: u64 = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
+            'm' if chars.next_if_eq(&'s').is_some() => 1,
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
             _ => return Err(invalid()),
         };
         if digits.is_empty() {
             return Err(invalid());
         }
         let n: u64 = digits.parse().map_err(|_| overflow())?;
-        let secs = n.checked_mul(unit).ok_or_else(overflow)?;
-        total = total.checked_add(secs).ok_or_else(overflow)?;
+        let ms = n.checked_mul(unit).ok_or_else(overflow)?;
+        millis = millis.checked_add(ms).ok_or_else(overflow)?;
         digits.clear();
     }
     if !digits.is_empty() {
         return Err(invalid());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -62,11 +64,15 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert_eq!(parse_duration(" 1h30m "), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m500ms"), Ok(Duration::from_millis(60_500)));
     }
 
     #[test]
     fn refuses_ambiguous_or_broken_input() {
-        for bad in ["", "10", "h", "1.5h", "1w", "-1h", "1h 30m", "1H"] {
+        for bad in [
+            "", "10", "h", "1.5h", "1w", "-1h", "1h 30m", "1H", "ms", "5sm", "1mss",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(matches!(

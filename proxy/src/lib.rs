@@ -45,6 +45,8 @@ pub struct Shared {
     pub drain: Drain,
     pub limits: Limits,
     pub dialer: dial::Dialer,
+    /// Idle mesh connections for the next app connection (outbound HTTP/1).
+    pub pool: http::pool::Pool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +160,9 @@ impl Proxy {
             tls: MeshTls::new(identity.clone()),
             identity,
             registry,
-            metrics,
+            metrics: metrics.clone(),
             drain: Drain::new(),
+            pool: http::pool::Pool::new(&settings.limits, metrics.clone()),
             limits: settings.limits,
             dialer: settings.dialer,
         });
@@ -202,6 +205,8 @@ impl Proxy {
         tasks.spawn(shared.identity.clone().run());
         tasks.spawn(shared.registry.clone().watch(self.reload_interval));
         tasks.spawn(admin::serve(self.admin, shared.clone()));
+        let pool = shared.clone();
+        tasks.spawn(async move { pool.pool.sweep(&pool.drain).await });
         for (listener, dst) in self.inbound {
             tasks.spawn(inbound::serve(listener, shared.clone(), dst));
         }
@@ -212,6 +217,9 @@ impl Proxy {
         shared.metrics.draining.inc();
         tracing::info!(open = shared.drain.active(), timeout = ?self.drain_timeout, "draining");
         let cut = shared.drain.drain(self.drain_timeout).await;
+        // The sweep closes them as the drain begins, unless the drain was
+        // over first (nothing in flight).
+        shared.pool.close_all();
         if cut > 0 {
             tracing::warn!(cut, "drain timeout: closed connections still open");
         }

@@ -38,6 +38,8 @@ pub struct ProxyMetrics {
     pub connection_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub pool_idle: IntGaugeVec,
+    pub pool_reuses: IntCounterVec,
     pub cert_expiration: Gauge,
     pub renewals: IntCounterVec,
     pub bundle_roots: IntGauge,
@@ -110,6 +112,19 @@ impl ProxyMetrics {
                 &["direction", "peer"],
             )
             .expect("valid metric"),
+            pool_idle: IntGaugeVec::new(
+                Opts::new(
+                    "ward_http_pool_idle_connections",
+                    "Idle outbound HTTP/1 mesh connections kept for reuse, by service.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            pool_reuses: counter(
+                "ward_http_pool_reuses_total",
+                "App connections served on a pooled mesh connection instead of a new handshake, by service.",
+                &["peer"],
+            ),
             cert_expiration: Gauge::new(
                 "ward_identity_cert_expiration_timestamp_seconds",
                 "When the proxy's current SVID expires (Unix time); 0 before the first one.",
@@ -159,6 +174,8 @@ impl ProxyMetrics {
             Box::new(m.connection_errors.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
+            Box::new(m.pool_idle.clone()),
+            Box::new(m.pool_reuses.clone()),
             Box::new(m.cert_expiration.clone()),
             Box::new(m.renewals.clone()),
             Box::new(m.bundle_roots.clone()),

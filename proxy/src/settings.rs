@@ -19,6 +19,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Per listener; more connections wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long after it opened an HTTP/1 mesh connection may still be
+    /// taken from the pool by another app connection (docs/pooling.md).
+    pub pool_max_age: Duration,
+    /// Idle mesh connections kept per endpoint; 0 turns pooling off.
+    pub pool_max_idle: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +34,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
+            pool_max_age: Duration::from_secs(10),
+            pool_max_idle: 16,
         }
     }
 }

@@ -80,6 +80,14 @@ pub struct ProxyArgs {
     /// Per listener.
     #[arg(long, env = "WARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Reuse an HTTP/1 mesh connection for the app's next connections to
+    /// the same endpoint for at most this long after it opened (endpoints
+    /// that are Service cluster IPs then still spread over their pods).
+    #[arg(long, env = "WARD_POOL_MAX_AGE", default_value = "10s")]
+    pub pool_max_age: String,
+    /// Idle mesh connections pooled per endpoint; 0 turns pooling off.
+    #[arg(long, env = "WARD_POOL_MAX_IDLE", default_value_t = 16)]
+    pub pool_max_idle: usize,
     /// How often the trust bundle is refreshed from the CA.
     #[arg(long, env = "WARD_BUNDLE_REFRESH", default_value = "5m")]
     pub bundle_refresh: String,
@@ -145,6 +153,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             detect_timeout: duration("--detect-timeout", &args.detect_timeout)?,
             idle_timeout: duration("--idle-timeout", &args.idle_timeout)?,
             max_connections: args.max_connections.max(1),
+            pool_max_age: duration("--pool-max-age", &args.pool_max_age)?,
+            pool_max_idle: args.pool_max_idle,
             ..Limits::default()
         },
         drain_timeout: duration("--drain-timeout", &args.drain_timeout)?,

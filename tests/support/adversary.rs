@@ -119,6 +119,23 @@ pub fn count(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     sum(text, metric, labels)
 }
 
+/// Asserts that, within `within`, the only connections open at the
+/// sidecars `names` are mesh connections idle in one of their pools
+/// (counted once, inbound, at the sidecar they lead to; each pool closes
+/// its own within `--pool-max-age`): no app connection and nothing refused
+/// stays open.
+pub fn assert_only_pooled_connections_open(lab: &Lab<'_>, names: &[&str], within: Duration) {
+    let total = |metric: &str| -> f64 {
+        let texts = names.iter().map(|name| metrics(lab, name));
+        texts.map(|text| count(&text, metric, &[])).sum()
+    };
+    let drained = eventually(within, || {
+        total("ward_tcp_open_connections") == total("ward_http_pool_idle_connections")
+    });
+    let all: Vec<String> = names.iter().map(|name| metrics(lab, name)).collect();
+    assert!(drained, "connections left open: {all:#?}");
+}
+
 pub fn loops(text: &str, direction: &str) -> f64 {
     count(
         text,

@@ -9,6 +9,7 @@ pub mod https;
 pub mod kube_api;
 pub mod lab;
 pub mod mesh;
+pub mod pair;
 pub mod pods;
 pub mod process;
 pub mod tools;

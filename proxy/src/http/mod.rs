@@ -12,7 +12,8 @@
 //!
 //! Each downstream connection gets its own upstream connection of the same
 //! HTTP version (HTTP/2 to the app is prior knowledge, as gRPC servers
-//! expect). Upgrades (WebSocket) are forwarded on a dedicated upstream
+//! expect); outbound HTTP/1 ones are pooled across app connections
+//! (`pool.rs`). Upgrades (WebSocket) are forwarded on a dedicated upstream
 //! connection and then carried as bytes. On drain, HTTP/1 finishes the
 //! request in flight and HTTP/2 sends GOAWAY; in-flight requests run to
 //! completion within the drain timeout. A connection on which no byte moved
@@ -22,6 +23,7 @@
 mod authorize;
 pub mod detect;
 mod headers;
+pub mod pool;
 mod respond;
 mod upstream;
 
@@ -162,6 +164,7 @@ where
     if let Err(e) = result {
         tracing::debug!(direction, error = %e, "HTTP connection ended with an error");
     }
+    tunnels.release().await;
     tunnels.tunnels_closed().await;
 }
 

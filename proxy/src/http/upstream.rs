@@ -1,13 +1,16 @@
 //! The next hop of served HTTP: the app (inbound, plaintext) or a sidecar
 //! of the destination service (outbound, mTLS). One upstream connection
-//! per downstream connection, of the same HTTP version, opened at the
+//! per downstream connection, of the same HTTP version, taken at the
 //! first request and reopened when the next hop closed it between
-//! requests; WebSocket upgrades get a connection of their own.
+//! requests; WebSocket upgrades get a connection of their own. An HTTP/1
+//! mesh connection comes from the pool if it has one, and goes back to it
+//! when the downstream connection ends (`pool.rs`).
 //!
 //! A reused connection can go away under a request: the next hop's idle
 //! timeout closes an HTTP/1 keep-alive connection, or a draining peer
 //! sends HTTP/2 GOAWAY (or refuses the stream), just as the request goes
-//! out. The request is then sent again, once, on a new connection, if it
+//! out (a pooled connection counts as reused). The request is then sent
+//! again, once, on a new connection, if it
 //! was never written or if it is safe and has no body (GET, HEAD, OPTIONS,
 //! TRACE: what Go's HTTP client replays); anything else gets its 502.
 
@@ -24,10 +27,12 @@ use hyper::client::conn::{http1 as client1, http2 as client2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{Histogram, IntCounter};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::pool::Origin;
 use super::respond::answer;
 use super::{Body, revoked};
 use crate::authz::Inbound;
@@ -74,7 +79,7 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
 
 /// A request body towards the next hop: the downstream's own, or none for
 /// a request sent again.
-type UpBody = Either<Incoming, Empty<Bytes>>;
+pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
 
 /// A stream to the next hop, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -92,7 +97,7 @@ pub struct Upstream {
     /// request: the duration, and the count of the usual answer (200).
     duration: OnceLock<Histogram>,
     ok: OnceLock<IntCounter>,
-    h1: Mutex<Option<client1::SendRequest<UpBody>>>,
+    h1: Mutex<Option<H1>>,
     h2: Mutex<H2Slot>,
     /// Upgraded (WebSocket) tunnels: they outlive the HTTP connection, and
     /// the downstream connection stays open, counted and drained, until
@@ -211,24 +216,26 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
         let io: Box<dyn Io> = match &self.hop {
-            Hop::App { addr, .. } => {
-                let app = upstream::connect(*addr, upstream::Upstream::App, INBOUND, &self.shared);
-                Box::new(app.await.ok_or(UpstreamError::AppUnreachable)?)
-            }
+            Hop::App { addr, .. } => Box::new(self.connect_app(*addr).await?),
             Hop::Mesh(dest) => Box::new(dest.connect(Carries::Http, &self.shared).await?),
         };
         Ok(TokioIo::new(io))
     }
 
+    async fn connect_app(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        let app = upstream::connect(addr, upstream::Upstream::App, INBOUND, &self.shared);
+        app.await.ok_or(UpstreamError::AppUnreachable)
+    }
+
     async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let mut slot = self.h1.lock().await;
-        let (mut sender, reused) = match slot.take() {
-            Some(s) if !s.is_closed() => (s, true),
-            _ => (self.open_h1().await?, false),
+        let (mut conn, reused) = match slot.take() {
+            Some(c) if !c.sender.is_closed() => (c, true),
+            _ => self.open_h1(true).await?,
         };
-        let req = match attempt(&mut sender, req, reused).await {
+        let req = match attempt(&mut conn.sender, req, reused).await {
             Ok(resp) => {
-                *slot = Some(sender);
+                *slot = Some(conn);
                 return Ok(resp);
             }
             Err((error, None)) => return Err(error.into()),
@@ -237,17 +244,49 @@ impl Upstream {
                 req
             }
         };
-        let mut sender = self.open_h1().await?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await;
-        *slot = Some(sender);
+        let (mut conn, _) = self.open_h1(false).await?;
+        conn.sender.ready().await?;
+        let resp = conn.sender.send_request(req).await;
+        *slot = Some(conn);
         Ok(resp?)
     }
 
-    async fn open_h1(&self) -> Result<client1::SendRequest<UpBody>, UpstreamError> {
-        let (sender, conn) = client1::handshake(self.connect().await?).await?;
+    /// An HTTP/1 connection to the next hop, and whether it was pooled: to
+    /// the mesh, an idle one from the pool if `pooled` allows and it has
+    /// one, else a new one; to the app, always a new one.
+    async fn open_h1(&self, pooled: bool) -> Result<(H1, bool), UpstreamError> {
+        let (io, origin): (Box<dyn Io>, _) = match &self.hop {
+            Hop::App { addr, .. } => (Box::new(self.connect_app(*addr).await?), None),
+            Hop::Mesh(dest) => {
+                let route = dest.route(&self.shared)?;
+                if pooled && let Some((sender, origin)) = self.shared.pool.take(&route) {
+                    let origin = Some(origin);
+                    return Ok((H1 { sender, origin }, true));
+                }
+                let tls = route.connect(Carries::Http, &self.shared).await?;
+                let origin = Origin::of(&route, &tls, self.shared.limits.pool_max_age);
+                (Box::new(tls), origin)
+            }
+        };
+        let (sender, conn) = client1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(conn);
-        Ok(sender)
+        Ok((H1 { sender, origin }, false))
+    }
+
+    /// Gives the mesh connection back to the pool (it is ready for
+    /// another app connection's requests) once the downstream connection
+    /// has ended.
+    pub async fn release(&self) {
+        if let Some(H1 {
+            sender,
+            origin: Some(origin),
+        }) = self.h1.lock().await.take()
+        {
+            self.shared
+                .pool
+                .put(sender, origin, &self.shared.drain)
+                .await;
+        }
     }
 
     /// HTTP/2: one connection shared by the downstream connection's
@@ -323,6 +362,13 @@ impl Upstream {
         }
         Ok(resp)
     }
+}
+
+/// The HTTP/1 connection a downstream connection's requests go on; from
+/// the pool, or to go back to it, if it is a mesh connection.
+struct H1 {
+    sender: client1::SendRequest<UpBody>,
+    origin: Option<Origin>,
 }
 
 /// The HTTP/2 connection a downstream connection's streams share.

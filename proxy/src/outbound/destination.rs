@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use ward_config::mesh::{Protocol, Service};
+use ward_config::mesh::Protocol;
 
 use crate::Shared;
 use crate::forward::tls_transport;
@@ -103,15 +104,31 @@ impl Destination {
         carries: Carries,
         shared: &Shared,
     ) -> Result<MeshStream, ConnectError> {
+        self.route(shared)?.connect(carries, shared).await
+    }
+
+    /// Where a mesh connection would go now, on the current mesh file and
+    /// identity: the TLS configuration that accepts only the service's
+    /// SPIFFE ID, and the endpoints in the order to try them.
+    pub fn route(&self, shared: &Shared) -> Result<Route, ConnectError> {
+        let m = &shared.metrics;
         let snapshot = shared.registry.snapshot();
         let Some(service) = snapshot.mesh.service(&self.service) else {
-            shared
-                .metrics
-                .connection_errors
+            m.connection_errors
                 .with_label_values(&[OUTBOUND, "unknown_service"])
                 .inc();
             tracing::warn!(service = %self.service, "service is not in the mesh file");
             return Err(ConnectError::UnknownService);
+        };
+        let config = match shared.tls.client(&service.identity) {
+            Ok(config) => config,
+            Err(e) => {
+                m.handshake_errors
+                    .with_label_values(&[OUTBOUND, "no_identity"])
+                    .inc();
+                tracing::warn!(service = %service.name, error = %e, "refusing outbound connection");
+                return Err(ConnectError::NoIdentity);
+            }
         };
         let endpoints = match &self.pick {
             Pick::InTurn(next) => {
@@ -123,81 +140,87 @@ impl Destination {
             }
             Pick::Dialed(addr) => vec![*addr],
         };
-        connect(service, &endpoints, carries, shared).await
+        Ok(Route {
+            service: self.service.clone(),
+            config,
+            endpoints,
+        })
     }
 }
 
-/// Tries `endpoints` in order until one completes the handshake. A TLS
-/// failure (wrong identity, untrusted chain) is not retried on another
-/// endpoint: it is a security event, not an outage.
-async fn connect(
-    service: &Service,
-    endpoints: &[SocketAddr],
-    carries: Carries,
-    shared: &Shared,
-) -> Result<MeshStream, ConnectError> {
-    let m = &shared.metrics;
-    let config = match shared.tls.client(&service.identity) {
-        Ok(config) => config,
-        Err(e) => {
-            m.handshake_errors
-                .with_label_values(&[OUTBOUND, "no_identity"])
-                .inc();
-            tracing::warn!(service = %service.name, error = %e, "refusing outbound connection");
-            return Err(ConnectError::NoIdentity);
-        }
-    };
-    for &endpoint in endpoints {
-        let tcp = match tokio::time::timeout(
-            shared.limits.connect_timeout,
-            shared.dialer.connect(endpoint),
-        )
-        .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                tracing::info!(service = %service.name, %endpoint, error = %e, "endpoint unreachable; trying the next");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let _ = tcp.set_nodelay(true);
-        let handshake = TlsConnector::from(config.clone())
-            .with_alpn(carries.alpn())
-            .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
-        let reason = match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
-            Ok(Ok(tls))
-                if tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_none_or(chain_expired) =>
+/// A service's sidecars as one connection may reach them now.
+pub struct Route {
+    pub service: String,
+    /// Built for our current SVID and trust bundle and the service's
+    /// identity: a new one when any of them changes.
+    pub config: Arc<ClientConfig>,
+    /// The first is this connection's pick; the rest are fallbacks.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Route {
+    /// Tries the endpoints in order until one completes the handshake. A
+    /// TLS failure (wrong identity, untrusted chain) is not retried on
+    /// another endpoint: it is a security event, not an outage.
+    pub async fn connect(
+        &self,
+        carries: Carries,
+        shared: &Shared,
+    ) -> Result<MeshStream, ConnectError> {
+        let m = &shared.metrics;
+        let service = &self.service;
+        for &endpoint in &self.endpoints {
+            let tcp = match tokio::time::timeout(
+                shared.limits.connect_timeout,
+                shared.dialer.connect(endpoint),
+            )
+            .await
             {
-                // A resumed session whose server SVID has expired since.
-                tracing::warn!(service = %service.name, %endpoint, "outbound session refused: the server's SVID has expired");
-                "expired_certificate"
-            }
-            Ok(Ok(tls)) => {
-                m.handshakes
-                    .with_label_values(&[OUTBOUND, &service.name])
-                    .inc();
-                return Ok(tls);
-            }
-            Ok(Err(e)) => {
-                let reason = handshake_failure(&e);
-                tracing::warn!(service = %service.name, %endpoint, reason, error = %e, "outbound handshake failed");
-                reason
-            }
-            Err(_) => "timeout",
-        };
-        m.handshake_errors
-            .with_label_values(&[OUTBOUND, reason])
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    tracing::info!(%service, %endpoint, error = %e, "endpoint unreachable; trying the next");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let _ = tcp.set_nodelay(true);
+            let handshake = TlsConnector::from(self.config.clone())
+                .with_alpn(carries.alpn())
+                .connect(ServerName::from(endpoint.ip()), tls_transport(tcp));
+            let reason = match tokio::time::timeout(shared.limits.handshake_timeout, handshake)
+                .await
+            {
+                Ok(Ok(tls))
+                    if tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_none_or(chain_expired) =>
+                {
+                    // A resumed session whose server SVID has expired since.
+                    tracing::warn!(%service, %endpoint, "outbound session refused: the server's SVID has expired");
+                    "expired_certificate"
+                }
+                Ok(Ok(tls)) => {
+                    m.handshakes.with_label_values(&[OUTBOUND, service]).inc();
+                    return Ok(tls);
+                }
+                Ok(Err(e)) => {
+                    let reason = handshake_failure(&e);
+                    tracing::warn!(%service, %endpoint, reason, error = %e, "outbound handshake failed");
+                    reason
+                }
+                Err(_) => "timeout",
+            };
+            m.handshake_errors
+                .with_label_values(&[OUTBOUND, reason])
+                .inc();
+            return Err(ConnectError::Handshake);
+        }
+        m.connection_errors
+            .with_label_values(&[OUTBOUND, "no_reachable_endpoint"])
             .inc();
-        return Err(ConnectError::Handshake);
+        tracing::warn!(%service, "no endpoint reachable");
+        Err(ConnectError::Unreachable)
     }
-    m.connection_errors
-        .with_label_values(&[OUTBOUND, "no_reachable_endpoint"])
-        .inc();
-    tracing::warn!(service = %service.name, "no endpoint reachable");
-    Err(ConnectError::Unreachable)
 }

@@ -9,5 +9,5 @@ pub mod svid;
 pub mod verifier;
 
 pub use mesh::{MeshTls, MeshTlsError};
-pub use svid::{SvidError, chain_expired, peer_id, svid_rejection};
+pub use svid::{SvidError, chain_expired, chain_not_after, peer_id, svid_rejection};
 pub use verifier::{ClientSvidVerifier, ServerSvidVerifier};

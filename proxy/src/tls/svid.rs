@@ -2,6 +2,8 @@
 //! chain validation: exactly one URI SAN, holding a valid SPIFFE ID of our
 //! trust domain, and not a CA certificate.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use ward_config::{SpiffeId, TrustDomain};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -71,14 +73,21 @@ pub fn peer_id(leaf_der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId, 
 /// after every handshake, so a session outlives no certificate it began
 /// with. An unreadable certificate counts as expired.
 pub fn chain_expired(chain: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    chain.iter().any(|der| {
-        X509Certificate::from_der(der).map_or(true, |(_, cert)| {
-            u64::try_from(cert.validity().not_after.timestamp()).map_or(true, |t| t < now)
-        })
-    })
+    chain_not_after(chain).is_none_or(|t| t < SystemTime::now())
+}
+
+/// When the first certificate of `chain` expires: what an authenticated
+/// connection must not be used past. `None` if the chain is empty or a
+/// certificate is unreadable.
+pub fn chain_not_after(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
+    let mut earliest: Option<SystemTime> = None;
+    for der in chain {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        let t = UNIX_EPOCH + Duration::from_secs(secs);
+        earliest = Some(earliest.map_or(t, |e| e.min(t)));
+    }
+    earliest
 }
 
 /// The SVID rule a handshake failed on, if that is why it failed (rustls
