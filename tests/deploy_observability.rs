@@ -326,6 +326,14 @@ async fn scrapes_after_traffic() -> Vec<Scrape> {
     let answers = http1_requests(web.forwards[0], &[("GET", "/"), ("POST", "/")]).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 403]);
+    // The next app connection takes that one's mesh connection from web's
+    // pool once it is back.
+    web.assert_metric("ward_http_pool_idle_connections{peer=\"orders\"}", 1.0)
+        .await;
+    let again = http1_requests(web.forwards[0], &[("GET", "/")]).await;
+    assert_eq!(again[0].0, 200);
+    web.assert_metric("ward_http_pool_reuses_total{peer=\"orders\"}", 1.0)
+        .await;
     // A TLS client that cannot authenticate the sidecar (no SVID of its own).
     assert!(
         https::request(inbound, "orders", &ca.bundle_pem, "GET", "/")
@@ -511,6 +519,7 @@ async fn the_dashboard_and_alerts_query_only_what_a_running_ward_exports() {
         "ward_tcp_bytes_total",
         "ward_authz_decisions_total",
         "ward_tls_handshake_errors_total",
+        "ward_http_pool_reuses_total",
         "ward_identity_cert_expiration_timestamp_seconds",
         "ward_ca_svids_issued_total",
         "ward_ca_svid_requests_denied_total",
