@@ -49,11 +49,11 @@ fn unmodified_clients_get_what_the_policy_says() {
     );
 
     // The sidecars counted each decision under the deciding rule.
-    let inbound = |name: &str| lab.scrape(member(&lab, name)).expect("scrape");
-    let orders_metrics = inbound("orders");
+    let scrape = |name: &str| lab.scrape(member(&lab, name)).expect("scrape");
+    let orders_metrics = scrape("orders");
     let allowed = [("decision", "allow"), ("rule", "web-reads-orders")];
     assert!(sum(&orders_metrics, "ward_authz_decisions_total", &allowed) >= 2.0);
-    let db_metrics = inbound("db");
+    let db_metrics = scrape("db");
     let denied = [("decision", "deny"), ("rule", "web-never-db")];
     assert_eq!(sum(&db_metrics, "ward_authz_decisions_total", &denied), 1.0);
     let web_id = [
@@ -64,7 +64,7 @@ fn unmodified_clients_get_what_the_policy_says() {
     // taken again from web's pool.
     let handshakes = sum(&orders_metrics, "ward_tls_handshakes_total", &web_id);
     let pooled = [("peer", "orders")];
-    let reuses = sum(&inbound("web"), "ward_http_pool_reuses_total", &pooled);
+    let reuses = sum(&scrape("web"), "ward_http_pool_reuses_total", &pooled);
     assert!(handshakes >= 1.0, "{orders_metrics}");
     assert_eq!(handshakes + reuses, 2.0, "{orders_metrics}");
     let requests = [

@@ -27,10 +27,11 @@
 #   rss     ward's resident memory when idle, after its first certificate
 # Not in the default set (not an issue 3 target):
 #   conn    a new connection per request (hey -disable-keepalive -c 32):
-#           req/s and the proxies' CPU per request. ward opens one mTLS
-#           connection per app connection; a proxy that keeps its upstream
-#           connections across client connections (haproxy does) skips
-#           that handshake. SCENARIOS="rps p99 stream conn" runs it too.
+#           req/s and the proxies' CPU per request. Each pair's client side
+#           keeps its upstream connections across client connections
+#           (haproxy, nginx keepalive; ward's pool of HTTP/1 mesh
+#           connections, WARD_POOL_MAX_IDLE=0 turns it off for an A/B run).
+#           SCENARIOS="rps p99 stream conn" runs it too.
 # WARD_PROTOCOL (default detect, what a port gets unless the mesh file says
 # otherwise) is the app port's protocol in ward's mesh file: detect or http
 # serve HTTP request by request on both sidecars (per-request metrics, L7

@@ -9,6 +9,6 @@ pub mod mesh;
 pub mod policy;
 pub mod spiffe;
 
-pub use duration::{DurationError, parse_duration};
+pub use duration::{DurationError, parse_duration, parse_timeout};
 pub use mesh::{MeshConfig, MeshError, MeshWarning, PortSpec, Protocol, Service};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain, WorkloadName};

@@ -160,9 +160,9 @@ impl Proxy {
             tls: MeshTls::new(identity.clone()),
             identity,
             registry,
-            metrics: metrics.clone(),
-            drain: Drain::new(),
             pool: http::pool::Pool::new(&settings.limits, metrics.clone()),
+            metrics,
+            drain: Drain::new(),
             limits: settings.limits,
             dialer: settings.dialer,
         });

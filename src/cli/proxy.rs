@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use ward::intercept::settings::parse_mark;
-use ward_config::{SpiffeId, parse_duration};
+use ward_config::{SpiffeId, parse_timeout};
 use ward_proxy::Proxy;
 use ward_proxy::dial::Dialer;
 use ward_proxy::identity::{CaClient, IdentityConfig};
@@ -100,8 +100,9 @@ pub fn egress_parser() -> impl TypedValueParser<Value = Egress> {
         .try_map(|name| name.parse::<Egress>())
 }
 
+/// The proxy's durations are timeouts and intervals, so `ms` is allowed.
 fn duration(flag: &str, value: &str) -> Result<Duration> {
-    let d = parse_duration(value).with_context(|| flag.to_string())?;
+    let d = parse_timeout(value).with_context(|| flag.to_string())?;
     if d.is_zero() {
         bail!("{flag} must be greater than zero");
     }

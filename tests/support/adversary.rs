@@ -119,19 +119,24 @@ pub fn count(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     sum(text, metric, labels)
 }
 
-/// Asserts that, within `within`, the only connections open at the
-/// sidecars `names` are mesh connections idle in one of their pools
-/// (counted once, inbound, at the sidecar they lead to; each pool closes
-/// its own within `--pool-max-age`): no app connection and nothing refused
-/// stays open.
+/// Asserts that, within `within`, the only connections open at each of
+/// the sidecars `names` (each named like its service) are mesh connections
+/// idle in the pool of one of them (counted inbound at the sidecar they
+/// lead to; each pool closes its own within `--pool-max-age`): no app
+/// connection and nothing refused stays open.
 pub fn assert_only_pooled_connections_open(lab: &Lab<'_>, names: &[&str], within: Duration) {
-    let total = |metric: &str| -> f64 {
-        let texts = names.iter().map(|name| metrics(lab, name));
-        texts.map(|text| count(&text, metric, &[])).sum()
+    let balanced = || {
+        let texts: Vec<String> = names.iter().map(|name| metrics(lab, name)).collect();
+        names.iter().zip(&texts).all(|(name, text)| {
+            let pooled_to = [("peer", *name)];
+            let pooled: f64 = texts
+                .iter()
+                .map(|t| count(t, "ward_http_pool_idle_connections", &pooled_to))
+                .sum();
+            count(text, "ward_tcp_open_connections", &[]) == pooled
+        })
     };
-    let drained = eventually(within, || {
-        total("ward_tcp_open_connections") == total("ward_http_pool_idle_connections")
-    });
+    let drained = eventually(within, balanced);
     let all: Vec<String> = names.iter().map(|name| metrics(lab, name)).collect();
     assert!(drained, "connections left open: {all:#?}");
 }

@@ -12,16 +12,19 @@
 //!   not live on in old connections);
 //! - before its expiry: the first of `--pool-max-age` after it opened and
 //!   the peer's certificate chain's notAfter (as with resumption, no
-//!   connection outlives the identity it authenticated). The age limit
+//!   connection is taken again after the identity it authenticated
+//!   expired; an app connection that holds one keeps it, as before
+//!   pooling). The age limit
 //!   keeps load spreading: the mesh file's endpoints are usually Service
 //!   cluster IPs, which kube-proxy balances per connection, so a
 //!   connection reused for long would pin a caller to one pod, and keep
 //!   it on a pod taken out of the Service;
 //! - while the sidecar is not draining.
 //!
-//! Bounds: `--pool-max-idle` per endpoint and [`MAX_IDLE_TOTAL`] in all
-//! (the longest idle goes first). A sweep closes what has gone stale; the
-//! drain closes them all at once. The rest of the failure cases (a peer
+//! Bounds: `--pool-max-idle` per endpoint (a connection given back beyond
+//! it is closed) and [`MAX_IDLE_TOTAL`] in all (the longest idle one is
+//! closed to make room). A sweep closes each when it expires; the drain
+//! closes them all at once. The rest of the failure cases (a peer
 //! closing a pooled connection as a request goes out) are the replay rule's
 //! (`upstream.rs`): a pooled connection counts as reused.
 
@@ -87,6 +90,12 @@ struct Idle {
     origin: Origin,
 }
 
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now < self.origin.expires
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Longest idle first.
@@ -125,7 +134,7 @@ impl Pool {
             .rposition(|c| c.origin.is_for(&route.service, endpoint))
         {
             let conn = self.remove(&mut state, i);
-            if self.usable(&conn, now) && Arc::ptr_eq(&conn.origin.config, &route.config) {
+            if conn.usable(now) && Arc::ptr_eq(&conn.origin.config, &route.config) {
                 self.metrics
                     .pool_reuses
                     .with_label_values(&[&route.service])
@@ -139,7 +148,7 @@ impl Pool {
     /// Keeps a connection whose app connection has ended, if it is ready
     /// for another request and within bounds; else closes it.
     pub async fn put(&self, mut sender: Sender, origin: Origin, drain: &Drain) {
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || drain.is_draining() {
             return;
         }
         if !matches!(
@@ -155,6 +164,8 @@ impl Pool {
         if drain.is_draining() || origin.expires <= now {
             return;
         }
+        // Connections their peer closed do not count against the bounds.
+        self.close_stale(&mut state, now);
         let same = |c: &&Idle| c.origin.is_for(&origin.service, origin.endpoint);
         if state.idle.iter().filter(same).count() >= self.max_idle {
             return;
@@ -175,7 +186,7 @@ impl Pool {
     /// drain begins.
     pub async fn sweep(&self, drain: &Drain) {
         loop {
-            let next = self.close_stale(Instant::now());
+            let next = self.close_stale(&mut self.lock(), Instant::now());
             let due = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -203,22 +214,17 @@ impl Pool {
 
     /// Closes the connections closed or expired at `now`; when the next
     /// one expires.
-    fn close_stale(&self, now: Instant) -> Option<Instant> {
-        let mut state = self.lock();
+    fn close_stale(&self, state: &mut State, now: Instant) -> Option<Instant> {
         let mut i = 0;
         while i < state.idle.len() {
-            if self.usable(&state.idle[i], now) {
+            if state.idle[i].usable(now) {
                 i += 1;
             } else {
-                self.remove(&mut state, i);
+                self.remove(state, i);
             }
         }
         state.sweep_at = state.idle.iter().map(|c| c.origin.expires).min();
         state.sweep_at
-    }
-
-    fn usable(&self, conn: &Idle, now: Instant) -> bool {
-        !conn.sender.is_closed() && now < conn.origin.expires
     }
 
     /// Takes entry `i` out; dropping its sender closes the connection.

@@ -251,15 +251,15 @@ impl Upstream {
         Ok(resp?)
     }
 
-    /// An HTTP/1 connection to the next hop, and whether it was pooled: to
-    /// the mesh, an idle one from the pool if `pooled` allows and it has
-    /// one, else a new one; to the app, always a new one.
-    async fn open_h1(&self, pooled: bool) -> Result<(H1, bool), UpstreamError> {
+    /// An HTTP/1 connection to the next hop, and whether it came from the
+    /// pool: to the mesh, an idle one from the pool if `try_pool` and it
+    /// has one, else a new one; to the app, always a new one.
+    async fn open_h1(&self, try_pool: bool) -> Result<(H1, bool), UpstreamError> {
         let (io, origin): (Box<dyn Io>, _) = match &self.hop {
             Hop::App { addr, .. } => (Box::new(self.connect_app(*addr).await?), None),
             Hop::Mesh(dest) => {
                 let route = dest.route(&self.shared)?;
-                if pooled && let Some((sender, origin)) = self.shared.pool.take(&route) {
+                if try_pool && let Some((sender, origin)) = self.shared.pool.take(&route) {
                     let origin = Some(origin);
                     return Ok((H1 { sender, origin }, true));
                 }
@@ -277,10 +277,11 @@ impl Upstream {
     /// another app connection's requests) once the downstream connection
     /// has ended.
     pub async fn release(&self) {
+        let conn = self.h1.lock().await.take();
         if let Some(H1 {
             sender,
             origin: Some(origin),
-        }) = self.h1.lock().await.take()
+        }) = conn
         {
             self.shared
                 .pool

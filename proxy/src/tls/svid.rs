@@ -76,8 +76,8 @@ pub fn chain_expired(chain: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
     chain_not_after(chain).is_none_or(|t| t < SystemTime::now())
 }
 
-/// When the first certificate of `chain` expires: what an authenticated
-/// connection must not be used past. `None` if the chain is empty or a
+/// The earliest notAfter in `chain`: what an authenticated connection must
+/// not be taken again past. `None` if the chain is empty or a
 /// certificate is unreadable.
 pub fn chain_not_after(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
     let mut earliest: Option<SystemTime> = None;
