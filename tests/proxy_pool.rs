@@ -11,7 +11,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::apps::{http_app, http1_requests};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use support::apps::{h1_connection, h1_send, http_app, http1_requests};
 use support::mesh::*;
 use support::pair::*;
 use ward_proxy::settings::Limits;
@@ -66,6 +69,33 @@ async fn pooling_off_makes_a_handshake_per_app_connection() {
         m.orders.assert_metric(ORDERS_OPEN, 0.0).await;
     }
     m.web.assert_metric(REUSES, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_keeps_at_most_pool_max_idle_per_endpoint() {
+    let two = Limits {
+        pool_max_idle: 2,
+        ..Limits::default()
+    };
+    let m = mesh(http_app().await, client(two)).await;
+    // Three app connections at once, each holding its own mesh connection.
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let mut app = h1_connection(m.web.forwards[0]).await;
+        let get = Request::get("http://orders/").body(Full::new(Bytes::new()));
+        assert_eq!(h1_send(&mut app, get.unwrap()).await.0, 200);
+        apps.push(app);
+    }
+    m.web.assert_metric(OUT_HANDSHAKES, 3.0).await;
+    drop(apps);
+    // Two given back are kept, the third is closed.
+    m.web.assert_metric(POOLED, 2.0).await;
+    m.orders.assert_metric(ORDERS_OPEN, 2.0).await;
+    for _ in 0..2 {
+        assert_eq!(one_get(&m.web).await, 200);
+    }
+    m.web.assert_metric(REUSES, 2.0).await;
+    m.web.assert_metric(OUT_HANDSHAKES, 3.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

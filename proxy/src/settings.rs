@@ -35,7 +35,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
             pool_max_age: Duration::from_secs(10),
-            pool_max_idle: 16,
+            pool_max_idle: 64,
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "WARD_POOL_MAX_AGE", default_value = "10s")]
     pub pool_max_age: String,
     /// Idle mesh connections pooled per endpoint; 0 turns pooling off.
-    #[arg(long, env = "WARD_POOL_MAX_IDLE", default_value_t = 16)]
+    #[arg(long, env = "WARD_POOL_MAX_IDLE", default_value_t = 64)]
     pub pool_max_idle: usize,
     /// How often the trust bundle is refreshed from the CA.
     #[arg(long, env = "WARD_BUNDLE_REFRESH", default_value = "5m")]
