@@ -109,8 +109,8 @@ fn ident_at(text: &str) -> &str {
 /// A label matcher: label, operator (`=`, `!=`, `=~`, `!~`), value.
 type Matcher<'a> = (&'a str, &'a str, &'a str);
 
-/// (metric name, label matchers) for each selector of a `ward_*` metric
-/// or of `up`.
+/// (metric name, label matchers) for each selector of a `ward_*` or
+/// `process_*` metric or of `up`.
 fn selectors(expr: &str) -> Vec<(&str, Vec<Matcher<'_>>)> {
     let mut found = Vec::new();
     let mut at = 0;
@@ -122,7 +122,8 @@ fn selectors(expr: &str) -> Vec<(&str, Vec<Matcher<'_>>)> {
         }
         at += name.len();
         let rest = &expr[at..];
-        if !(name.starts_with("ward_") || (name == "up" && rest.starts_with('{'))) {
+        let ours = name.starts_with("ward_") || name.starts_with("process_");
+        if !(ours || (name == "up" && rest.starts_with('{'))) {
             continue;
         }
         let matchers = match rest.strip_prefix('{') {
@@ -503,8 +504,9 @@ async fn the_dashboard_and_alerts_query_only_what_a_running_ward_exports() {
             assert!(kept, "{{{{{label}}}}} is not a label of the result: {expr}");
         }
     }
-    // The golden signals, denials, TLS errors, expiry, the CA and its
-    // TokenReviews, and the injector are on the dashboard.
+    // The golden signals, denials, TLS errors, the sidecars' resources,
+    // expiry, the CA and its TokenReviews, and the injector are on the
+    // dashboard.
     let shown: BTreeSet<String> = queries(&dash)
         .iter()
         .flat_map(|q| {
@@ -520,6 +522,9 @@ async fn the_dashboard_and_alerts_query_only_what_a_running_ward_exports() {
         "ward_authz_decisions_total",
         "ward_tls_handshake_errors_total",
         "ward_http_pool_reuses_total",
+        "ward_tcp_accept_errors_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
         "ward_identity_cert_expiration_timestamp_seconds",
         "ward_ca_svids_issued_total",
         "ward_ca_svid_requests_denied_total",

@@ -16,6 +16,7 @@ pub mod inbound;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod process;
 pub mod registry;
 pub mod settings;
 pub mod tls;
@@ -154,6 +155,8 @@ impl Proxy {
                 outbound.push((listener, target.clone()));
             }
         }
+        let listeners = inbound.len() + outbound.len();
+        process::check_open_files_limit(listeners, settings.limits.max_connections);
         let admin = bind(settings.admin).await?;
         let identity = IdentityManager::new(settings.identity, metrics.clone())?;
         let shared = Arc::new(Shared {

@@ -77,6 +77,10 @@ pub async fn accept_loop<F, Fut>(
 {
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     let handle = Arc::new(handle);
+    let accept_errors = shared.metrics.accept_errors.with_label_values(&[direction]);
+    // Failed accepts in a row: logged when they start and when they end,
+    // not every 50 ms in between.
+    let mut failing = 0u64;
     loop {
         // Wait for a slot first: over the cap, connections queue in the
         // kernel backlog instead of being accepted and dropped.
@@ -89,9 +93,21 @@ pub async fn accept_loop<F, Fut>(
         };
         let (tcp, peer_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    if failing > 0 {
+                        tracing::info!(direction, failures = failing, "accepting again");
+                        failing = 0;
+                    }
+                    conn
+                }
                 Err(e) => {
-                    tracing::warn!(direction, error = %e, "accept failed");
+                    // EMFILE and friends: the connection waits in the
+                    // backlog; back off instead of spinning.
+                    accept_errors.inc();
+                    if failing == 0 {
+                        tracing::warn!(direction, error = %e, "accept failed; retrying every 50 ms (see ward_tcp_accept_errors_total)");
+                    }
+                    failing += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -1,5 +1,5 @@
-//! The proxy's Prometheus metrics. Every family starts with `ward_`; labels
-//! are bounded: a direction, a reason from a fixed list, a result, and
+//! The proxy's Prometheus metrics. Every family starts with `ward_` but the
+//! standard `process_*` ones (`process.rs`); labels are bounded: a direction, a reason from a fixed list, a result, and
 //! identities/services that the mesh file names (never paths, addresses or
 //! anything else a client picks freely).
 //!
@@ -20,6 +20,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::process::ProcessCollector;
+
 /// `direction` label values.
 pub const INBOUND: &str = "inbound";
 pub const OUTBOUND: &str = "outbound";
@@ -36,6 +38,7 @@ pub struct ProxyMetrics {
     pub handshakes: IntCounterVec,
     pub handshake_errors: IntCounterVec,
     pub connection_errors: IntCounterVec,
+    pub accept_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub pool_idle: IntGaugeVec,
@@ -94,6 +97,11 @@ impl ProxyMetrics {
                 "ward_tcp_connection_errors_total",
                 "Connections closed after the handshake without being forwarded, by reason.",
                 &["direction", "reason"],
+            ),
+            accept_errors: counter(
+                "ward_tcp_accept_errors_total",
+                "Failed accepts (e.g. out of file descriptors), retried every 50 ms while connections wait in the kernel's backlog.",
+                &["direction"],
             ),
             http_requests: counter(
                 "ward_http_requests_total",
@@ -172,6 +180,7 @@ impl ProxyMetrics {
             Box::new(m.handshakes.clone()),
             Box::new(m.handshake_errors.clone()),
             Box::new(m.connection_errors.clone()),
+            Box::new(m.accept_errors.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.pool_idle.clone()),
@@ -183,6 +192,7 @@ impl ProxyMetrics {
             Box::new(m.authz.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.draining.clone()),
+            Box::new(ProcessCollector::default()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -6,7 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// A running `ward`, killed on drop so a failing test leaves none behind.
 pub struct WardProcess(pub Child);
@@ -29,29 +32,86 @@ fn ward_json(args: &[&str]) -> Command {
     cmd
 }
 
-/// Spawns `cmd` and waits (20 s at most) for the log line announcing its
-/// listener. Its log is copied into the test's output (shown when the test
-/// fails).
-fn spawn_listening(mut cmd: Command) -> (WardProcess, SocketAddr) {
+/// The JSON log lines of a [`WardProcess`] so far.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<Value>>>);
+
+impl Log {
+    /// Lines whose message starts with `message`.
+    pub fn lines(&self, message: &str) -> Vec<Value> {
+        let lines = self.0.lock().unwrap();
+        let matches = |l: &&Value| {
+            l["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(message)
+        };
+        lines.iter().filter(matches).cloned().collect()
+    }
+
+    /// Waits (20 s at most) for the first line whose message starts with
+    /// `message`.
+    pub fn wait_for(&self, message: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(line) = self.lines(message).into_iter().next() {
+                return line;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line {message:?} within 20 s");
+    }
+}
+
+/// Spawns `cmd`, collecting its JSON log lines; they are also copied into
+/// the test's output (shown when the test fails).
+fn spawn_logged(mut cmd: Command) -> (WardProcess, Log) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn ward");
     let stderr = child.stderr.take().unwrap();
-    let process = WardProcess(child);
-    let (tx, rx) = std::sync::mpsc::channel();
+    let log = Log::default();
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("ward: {line}");
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["fields"]["listen"].as_str() {
-                let _ = tx.send(listen.to_string());
+            if let Ok(json) = serde_json::from_str::<Value>(&line) {
+                lines.0.lock().unwrap().push(json);
             }
         }
     });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("ward announced its listener");
-    (process, listen.parse().unwrap())
+    (WardProcess(child), log)
+}
+
+/// Spawns `cmd` and waits (20 s at most) for the log line announcing its
+/// listener.
+fn spawn_listening(cmd: Command) -> (WardProcess, SocketAddr) {
+    let (process, log) = spawn_logged(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = log.0.lock().unwrap().clone();
+        if let Some(listen) = lines.iter().find_map(|l| l["fields"]["listen"].as_str()) {
+            return (process, listen.parse().unwrap());
+        }
+        assert!(Instant::now() < deadline, "ward announced its listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ward proxy ARGS` run by `prlimit --nofile=NOFILE` (`SOFT:HARD`), its
+/// admin server on an ephemeral loopback port: the process, its log, and
+/// its admin address once it listens.
+pub fn proxy_with_nofile(nofile: &str, args: &[&str]) -> (WardProcess, Log, SocketAddr) {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_ward"))
+        .args(["--log-format", "json", "proxy", "--admin", "127.0.0.1:0"])
+        .args(args);
+    let (process, log) = spawn_logged(cmd);
+    let listening = log.wait_for("proxy listening");
+    // `admin` is logged as `Some(ADDR)`.
+    let admin = listening["fields"]["admin"].as_str().unwrap();
+    let admin = admin.trim_start_matches("Some(").trim_end_matches(')');
+    (process, log, admin.parse().unwrap())
 }
 
 /// `ward ca serve ARGS` (at least `--dir`) on an ephemeral loopback port,
