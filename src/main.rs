@@ -77,12 +77,6 @@ fn main() -> std::process::ExitCode {
         "info,rustls::msgs=error"
     };
     init_logging(cli.log_format, default_level);
-    // Servers need a descriptor per connection, and runtimes often leave
-    // the soft limit far below the hard one (docs/proxy.md).
-    match ward_proxy::process::raise_open_files_limit() {
-        Ok(limit) => tracing::debug!(was = limit.was, now = limit.now, "open-files limit"),
-        Err(e) => tracing::debug!(error = %e, "open-files limit left as it was"),
-    }
     // One worker is the common sidecar sizing: a current-thread runtime
     // then runs every task on this thread, with no work-stealing
     // bookkeeping and no wake-ups handed between threads.

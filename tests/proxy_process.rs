@@ -1,11 +1,13 @@
 //! The sidecar as a process (docs/proxy.md, "File descriptors and the
 //! process's resources"): the built `ward proxy` under a given open-files
 //! limit (`prlimit`), as a container runtime would start it. It raises its
-//! soft limit to the hard one, warns when that is short of
-//! `--max-connections`, reports its descriptors, memory and CPU on
-//! /metrics, and when descriptors run out it counts the failed accepts,
-//! logs them once, and accepts every waiting connection once descriptors
-//! free up. Loopback only; every wait is bounded.
+//! soft limit to the hard one, holds no more connections than the limit
+//! leaves room for (warning when that is fewer than `--max-connections`)
+//! so that its admin server keeps answering, reports its descriptors,
+//! memory and CPU on /metrics, and when descriptors run out anyway counts
+//! the failed accepts, logs them once, and accepts every waiting
+//! connection once descriptors free up. Loopback only; every wait is
+//! bounded.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use support::mesh::*;
 use support::pair::DAY;
-use support::process::{Log, proxy_with_nofile};
+use support::process::{Log, WardProcess, proxy_with_nofile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,29 +78,85 @@ fn proc_field(pid: u32, file: &str, field: &str) -> String {
     line[field.len()..].trim().to_string()
 }
 
+/// This process's open-files limit: (soft, hard).
+fn own_nofile() -> (u64, u64) {
+    let limits = proc_field(std::process::id(), "limits", "Max open files");
+    let mut figures = limits
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(u64::MAX));
+    (figures.next().unwrap(), figures.next().unwrap())
+}
+
+/// The sidecar of [`web_args`] (and `more` arguments) under `prlimit
+/// --nofile=nofile`: the process, its log, its admin and forward addresses.
+fn web(ca: &TestCa, nofile: &str, more: &[&str]) -> (WardProcess, Log, SocketAddr, SocketAddr) {
+    let args = web_args(ca);
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .chain(more.iter().copied())
+        .collect();
+    let (process, log, admin) = tokio::task::block_in_place(|| proxy_with_nofile(nofile, &args));
+    let forward = forward_addr(&log);
+    (process, log, admin, forward)
+}
+
+async fn metric_of(admin: SocketAddr, series: &str) -> Option<f64> {
+    metric_value(&get(admin, "/metrics").await.1, series)
+}
+
+/// Waits (10 s at most) until `series` is `value` on `admin`'s /metrics.
+async fn until_metric(admin: SocketAddr, series: &str, value: f64) {
+    let reached = poll(Duration::from_secs(10), || async {
+        metric_of(admin, series).await == Some(value)
+    });
+    assert!(
+        reached.await,
+        "{series} = {value}:\n{}",
+        get(admin, "/metrics").await.1
+    );
+}
+
+/// Sends a GET on `app` (a connection to the forward listener): the
+/// answer's head line.
+async fn answer_to_get(mut app: TcpStream) -> String {
+    app.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), app.read_to_string(&mut answer));
+    read.await.unwrap().unwrap();
+    answer.lines().next().unwrap_or("").to_string()
+}
+
+const OUT: &str = "{direction=\"outbound\"}";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_raises_its_open_files_limit_and_reports_its_resources() {
     let ca = TestCa::start(DAY).await;
-    let args = web_args(&ca);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (process, log, admin) =
-        tokio::task::block_in_place(|| proxy_with_nofile("256:4096", &args));
+    // A hard limit of 4,096 (or this process's, if lower: only root may
+    // raise it) over a soft one of 256.
+    let hard = own_nofile().1.min(4096);
+    let (process, log, admin, _) = web(&ca, &format!("256:{hard}"), &[]);
     let pid = process.0.id();
-    // Soft raised to the hard limit; the hard one untouched.
     let limits = proc_field(pid, "limits", "Max open files");
+    let figures: Vec<_> = limits.split_whitespace().take(2).collect();
     assert_eq!(
-        limits.split_whitespace().take(2).collect::<Vec<_>>(),
-        ["4096", "4096"]
+        figures,
+        [hard.to_string(), hard.to_string()],
+        "soft raised to hard"
     );
-    // One listener of 10,000 connections (the default) may need 2 x 10,000
-    // descriptors, plus the pool's 256 and a margin of 64.
-    let warning = log.wait_for("the open-files limit is below");
-    assert_eq!(warning["fields"]["limit"], 4096);
-    assert_eq!(warning["fields"]["needed"], 20_320);
+    // One listener may hold 10,000 connections (the default); the limit
+    // leaves room for (hard - 256 pooled - 64 others) / 2.
+    let budget = (hard - 320.min(hard / 2)) / 2;
+    let warning = log.wait_for("the open-files limit allows fewer connections");
+    assert_eq!(warning["fields"]["limit"], hard);
+    assert_eq!(warning["fields"]["budget"], budget);
     assert_eq!(warning["level"], "WARN");
 
     let text = get(admin, "/metrics").await.1;
-    assert_eq!(family(&text, "process_max_fds"), 4096.0);
+    assert_eq!(family(&text, "ward_tcp_connection_budget"), budget as f64);
+    assert_eq!(family(&text, "process_max_fds"), hard as f64);
     let open = family(&text, "process_open_fds");
     let now = fds_of(pid);
     assert!(
@@ -119,63 +177,91 @@ async fn the_sidecar_raises_its_open_files_limit_and_reports_its_resources() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepts_failing_for_want_of_descriptors_are_counted_and_every_connection_is_served_after()
-{
+async fn connections_beyond_what_the_open_files_limit_allows_wait_and_the_admin_server_answers() {
     let ca = TestCa::start(DAY).await;
-    let mut args = web_args(&ca);
-    args.extend(["--max-connections".into(), "1000".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // A hard limit of 64: nothing to raise.
-    let (process, log, admin) = tokio::task::block_in_place(|| proxy_with_nofile("64:64", &args));
-    let pid = process.0.id();
-    let forward = forward_addr(&log);
+    // 64 descriptors, none to raise: half kept back, room for 16 connections.
+    let (process, log, admin, forward) = web(&ca, "64:64", &["--max-connections", "1000"]);
+    let warning = log.wait_for("the open-files limit allows fewer connections");
+    assert_eq!(warning["fields"]["budget"], 16);
     let ready = poll(Duration::from_secs(10), || async {
         get(admin, "/ready").await.0 == 200
     });
-    assert!(
-        ready.await,
-        "ready (its SVID) before its descriptors run out"
-    );
+    assert!(ready.await, "ready (its SVID)");
 
-    // More connections than descriptors: the rest wait in the backlog.
     let mut held = Vec::new();
     for _ in 0..100 {
         held.push(TcpStream::connect(forward).await.unwrap());
     }
+    // 16 held, 84 waiting in the backlog; the admin server still answers,
+    // and no accept failed.
+    until_metric(admin, &format!("ward_tcp_open_connections{OUT}"), 16.0).await;
+    let fds = fds_of(process.0.id());
+    assert!(fds < 64.0, "{fds} descriptors: some kept back");
+    let failed = metric_of(admin, &format!("ward_tcp_accept_errors_total{OUT}")).await;
+    assert_eq!(failed, Some(0.0));
+    assert!(log.lines("accept failed").is_empty());
+    drop(held);
+    // Every waiting connection is accepted in the end, and served.
+    let last = TcpStream::connect(forward).await.unwrap();
+    assert!(
+        answer_to_get(last).await.starts_with("HTTP/1.1 50"),
+        "the sidecar's 503"
+    );
+    until_metric(
+        admin,
+        &format!("ward_tcp_connections_opened_total{OUT}"),
+        101.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_failing_for_want_of_descriptors_are_counted_logged_once_and_recover() {
+    let ca = TestCa::start(DAY).await;
+    let (process, log, admin, forward) = web(&ca, "256:256", &[]);
+    let pid = process.0.id();
+    let ready = poll(Duration::from_secs(10), || async {
+        get(admin, "/ready").await.0 == 200
+    });
+    assert!(ready.await, "ready (its SVID)");
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(TcpStream::connect(forward).await.unwrap());
+    }
+    until_metric(admin, &format!("ward_tcp_open_connections{OUT}"), 30.0).await;
+    // The soft limit lowered under the sidecar's feet, below what it holds:
+    // its next accept fails with EMFILE.
+    let in_use = fds_of(pid) as u64;
+    let lower = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={}:256", in_use - 5),
+        ])
+        .status()
+        .unwrap();
+    assert!(lower.success());
+    let waiting = TcpStream::connect(forward).await.unwrap();
     tokio::task::block_in_place(|| log.wait_for("accept failed"));
-    let fds = fds_of(pid);
-    assert!(fds >= 60.0, "{fds} descriptors: all 64 should be in use");
     // Long enough for several retries, 50 ms apart.
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(held);
     tokio::task::block_in_place(|| log.wait_for("accepting again"));
-
-    let outbound = "{direction=\"outbound\"}";
-    let text = get(admin, "/metrics").await.1;
-    let failed = family(&text, &format!("ward_tcp_accept_errors_total{outbound}"));
-    assert!(failed >= 3.0, "{failed} failed accepts counted");
+    assert!(
+        answer_to_get(waiting).await.starts_with("HTTP/1.1 50"),
+        "the sidecar's 503"
+    );
+    let failed = metric_of(admin, &format!("ward_tcp_accept_errors_total{OUT}")).await;
+    assert!(failed.unwrap() >= 3.0, "{failed:?} failed accepts counted");
     assert_eq!(
         log.lines("accept failed").len(),
         1,
         "logged once, not per retry"
     );
-    // Every waiting connection was accepted in the end, and the sidecar
-    // still answers: 503 from the sidecar itself, orders being down.
-    let mut app = TcpStream::connect(forward).await.unwrap();
-    app.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), app.read_to_string(&mut answer));
-    read.await.unwrap().unwrap();
-    assert!(answer.starts_with("HTTP/1.1 50"), "{answer}");
-    let opened = format!("ward_tcp_connections_opened_total{outbound}");
-    let all = poll(Duration::from_secs(5), || async {
-        metric_value(&get(admin, "/metrics").await.1, &opened) == Some(101.0)
-    });
-    assert!(
-        all.await,
-        "101 connections accepted:\n{}",
-        get(admin, "/metrics").await.1
-    );
+    until_metric(
+        admin,
+        &format!("ward_tcp_connections_opened_total{OUT}"),
+        31.0,
+    )
+    .await;
 }

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -16,15 +15,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::Shared;
+use crate::listener::AcceptFailures;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut failures = AcceptFailures::new(&shared, "admin");
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            // EMFILE and friends: back off instead of spinning (the
-            // listeners count and log these; a scrape can wait).
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                failures.failed(e).await;
+                continue;
+            }
         };
+        failures.accepted();
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

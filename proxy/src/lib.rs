@@ -27,6 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use drain::Drain;
 use dst::OriginalDst;
@@ -48,6 +49,9 @@ pub struct Shared {
     pub dialer: dial::Dialer,
     /// Idle mesh connections for the next app connection (outbound HTTP/1).
     pub pool: http::pool::Pool,
+    /// Connections held at once across all listeners
+    /// ([`process::connection_budget`]).
+    pub connection_budget: Arc<Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +160,11 @@ impl Proxy {
             }
         }
         let listeners = inbound.len() + outbound.len();
-        process::check_open_files_limit(listeners, settings.limits.max_connections);
+        let budget = process::connection_budget(listeners, settings.limits.max_connections);
+        let budget = budget.min(Semaphore::MAX_PERMITS);
+        metrics
+            .connection_budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
         let admin = bind(settings.admin).await?;
         let identity = IdentityManager::new(settings.identity, metrics.clone())?;
         let shared = Arc::new(Shared {
@@ -164,6 +172,7 @@ impl Proxy {
             identity,
             registry,
             pool: http::pool::Pool::new(&settings.limits, metrics.clone()),
+            connection_budget: Arc::new(Semaphore::new(budget)),
             metrics,
             drain: Drain::new(),
             limits: settings.limits,

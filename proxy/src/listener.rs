@@ -1,5 +1,6 @@
-//! The accept loop every listener shares: a connection cap, the drain
-//! (stop accepting; close what is left when the drain times out) and the
+//! The accept loop every listener shares: a connection cap (the
+//! listener's and the budget of all of them), the drain (stop accepting;
+//! close what is left when the drain times out), failed accepts and the
 //! per-connection metrics guard.
 
 use std::future::Future;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -65,6 +66,47 @@ pub fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A listener's failed accepts (EMFILE and friends): counted, logged when
+/// they start and when they end rather than at every retry, and backed
+/// off from instead of spun on (the connection waits in the backlog).
+pub struct AcceptFailures {
+    direction: &'static str,
+    count: IntCounter,
+    /// Failures in a row.
+    failing: u64,
+}
+
+impl AcceptFailures {
+    pub fn new(shared: &Shared, direction: &'static str) -> Self {
+        let metrics = &shared.metrics.accept_errors;
+        Self {
+            direction,
+            count: metrics.with_label_values(&[direction]),
+            failing: 0,
+        }
+    }
+
+    /// After a failed accept: counts it, then waits before the next try.
+    pub async fn failed(&mut self, e: std::io::Error) {
+        self.count.inc();
+        if self.failing == 0 {
+            let direction = self.direction;
+            tracing::warn!(direction, error = %e, "accept failed; retrying every 50 ms (see ward_tcp_accept_errors_total)");
+        }
+        self.failing += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// After an accept: the end of a run of failures, if there was one.
+    pub fn accepted(&mut self) {
+        if self.failing > 0 {
+            let (direction, failures) = (self.direction, self.failing);
+            tracing::info!(direction, failures, "accepting again");
+            self.failing = 0;
+        }
+    }
+}
+
 /// Accepts until the drain starts; runs `handle` for each connection.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
@@ -75,17 +117,21 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, ConnectionRecord) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let cap = shared.limits.max_connections.min(Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(cap));
     let handle = Arc::new(handle);
-    let accept_errors = shared.metrics.accept_errors.with_label_values(&[direction]);
-    // Failed accepts in a row: logged when they start and when they end,
-    // not every 50 ms in between.
-    let mut failing = 0u64;
+    let mut failures = AcceptFailures::new(&shared, direction);
     loop {
-        // Wait for a slot first: over the cap, connections queue in the
-        // kernel backlog instead of being accepted and dropped.
+        // A slot of this listener's and of the budget of all of them
+        // first: over either, connections queue in the kernel backlog
+        // instead of being accepted and dropped.
+        let slot = async {
+            let mine = slots.clone().acquire_owned().await?;
+            let budget = shared.connection_budget.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((mine, budget))
+        };
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
+            slot = slot => match slot {
                 Ok(slot) => slot,
                 Err(_) => return,
             },
@@ -93,27 +139,15 @@ pub async fn accept_loop<F, Fut>(
         };
         let (tcp, peer_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    if failing > 0 {
-                        tracing::info!(direction, failures = failing, "accepting again");
-                        failing = 0;
-                    }
-                    conn
-                }
+                Ok(conn) => conn,
                 Err(e) => {
-                    // EMFILE and friends: the connection waits in the
-                    // backlog; back off instead of spinning.
-                    accept_errors.inc();
-                    if failing == 0 {
-                        tracing::warn!(direction, error = %e, "accept failed; retrying every 50 ms (see ward_tcp_accept_errors_total)");
-                    }
-                    failing += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    failures.failed(e).await;
                     continue;
                 }
             },
             () = shared.drain.draining() => return,
         };
+        failures.accepted();
         let _ = tcp.set_nodelay(true);
         let record = ConnectionRecord::new(shared.clone(), direction);
         let guard = shared.drain.connection();

@@ -34,6 +34,7 @@ pub struct ProxyMetrics {
     pub connections_opened: IntCounterVec,
     pub connections_closed: IntCounterVec,
     pub open_connections: IntGaugeVec,
+    pub connection_budget: IntGauge,
     pub bytes: IntCounterVec,
     pub handshakes: IntCounterVec,
     pub handshake_errors: IntCounterVec,
@@ -78,6 +79,11 @@ impl ProxyMetrics {
                 &["direction"],
             )
             .expect("valid metric"),
+            connection_budget: IntGauge::new(
+                "ward_tcp_connection_budget",
+                "Connections held at once across all listeners: --max-connections per listener, or fewer if the open-files limit allows fewer; beyond it, new ones wait in the kernel's backlog.",
+            )
+            .expect("valid metric"),
             bytes: counter(
                 "ward_tcp_bytes_total",
                 "Bytes carried, by direction, peer and flow (sent to / received from the peer).",
@@ -100,7 +106,7 @@ impl ProxyMetrics {
             ),
             accept_errors: counter(
                 "ward_tcp_accept_errors_total",
-                "Failed accepts (e.g. out of file descriptors), retried every 50 ms while connections wait in the kernel's backlog.",
+                "Failed accepts (e.g. out of file descriptors), by listener (inbound, outbound, admin); retried every 50 ms while connections wait in the kernel's backlog.",
                 &["direction"],
             ),
             http_requests: counter(
@@ -176,6 +182,7 @@ impl ProxyMetrics {
             Box::new(m.connections_opened.clone()),
             Box::new(m.connections_closed.clone()),
             Box::new(m.open_connections.clone()),
+            Box::new(m.connection_budget.clone()),
             Box::new(m.bytes.clone()),
             Box::new(m.handshakes.clone()),
             Box::new(m.handshake_errors.clone()),

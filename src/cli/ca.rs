@@ -212,6 +212,7 @@ fn token(args: TokenArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    super::raise_open_files_limit();
     let dir = CaDir::new(&args.dir.dir);
     let authority = dir.load(args.passphrase.read()?.as_ref(), OffsetDateTime::now_utc())?;
     dir.check_bundle()?;

@@ -38,6 +38,7 @@ pub struct InjectorArgs {
 }
 
 pub async fn run(args: InjectorArgs) -> Result<()> {
+    super::raise_open_files_limit();
     let config = args.settings.config()?;
     let tls = TlsFiles {
         cert: args.tls_cert,

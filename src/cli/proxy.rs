@@ -110,6 +110,7 @@ fn duration(flag: &str, value: &str) -> Result<Duration> {
 }
 
 pub async fn run(args: ProxyArgs) -> Result<()> {
+    super::raise_open_files_limit();
     let id = SpiffeId::parse(&args.identity).context("--identity")?;
     id.workload().context("--identity")?;
     let bundle = std::fs::read_to_string(&args.ca_bundle)
