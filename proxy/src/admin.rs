@@ -13,13 +13,24 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::Shared;
 use crate::listener::AcceptFailures;
 
+/// Admin connections served at once: kubelet's probes and a scrape or two
+/// need a few; more (anyone on the pod network can connect) wait in the
+/// backlog rather than take the rest of the descriptors kept back beside
+/// the connection budget (`process.rs`).
+const MAX_CONNECTIONS: usize = 32;
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut failures = AcceptFailures::new(&shared, "admin");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
             Err(e) => {
@@ -30,6 +41,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         failures.accepted();
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&req, &shared)) }

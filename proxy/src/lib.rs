@@ -49,8 +49,7 @@ pub struct Shared {
     pub dialer: dial::Dialer,
     /// Idle mesh connections for the next app connection (outbound HTTP/1).
     pub pool: http::pool::Pool,
-    /// Connections held at once across all listeners
-    /// ([`process::connection_budget`]).
+    /// Connections held at once across all listeners ([`process::shares`]).
     pub connection_budget: Arc<Semaphore>,
 }
 
@@ -160,8 +159,8 @@ impl Proxy {
             }
         }
         let listeners = inbound.len() + outbound.len();
-        let budget = process::connection_budget(listeners, settings.limits.max_connections);
-        let budget = budget.min(Semaphore::MAX_PERMITS);
+        let shares = process::shares(listeners, settings.limits.max_connections);
+        let budget = shares.connections.min(Semaphore::MAX_PERMITS);
         metrics
             .connection_budget
             .set(i64::try_from(budget).unwrap_or(i64::MAX));
@@ -171,7 +170,7 @@ impl Proxy {
             tls: MeshTls::new(identity.clone()),
             identity,
             registry,
-            pool: http::pool::Pool::new(&settings.limits, metrics.clone()),
+            pool: http::pool::Pool::new(&settings.limits, shares.pooled, metrics.clone()),
             connection_budget: Arc::new(Semaphore::new(budget)),
             metrics,
             drain: Drain::new(),

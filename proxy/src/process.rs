@@ -38,7 +38,9 @@ pub fn raise_open_files_limit() -> nix::Result<OpenFilesLimit> {
         .ok()
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(hard);
-    let target = hard.min(ceiling).max(soft);
+    // The kernel refuses a hard limit above its ceiling, unlimited too.
+    let hard = hard.min(ceiling);
+    let target = hard.max(soft);
     if soft < target {
         setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
     }
@@ -48,20 +50,34 @@ pub fn raise_open_files_limit() -> nix::Result<OpenFilesLimit> {
     })
 }
 
-/// How many connections the sidecar holds at once across its listeners:
-/// at most `max_connections` per listener, and no more than its
-/// open-files limit leaves, at two descriptors each (downstream and
-/// upstream), once the pool's and [`OTHER_DESCRIPTORS`] are kept back. So
-/// the admin server (kubelet's probes, scrapes) never runs out of
-/// descriptors: connections beyond the budget wait in the kernel's
-/// backlog. Warns when the limit, not `--max-connections`, sets it.
-pub fn connection_budget(listeners: usize, max_connections: usize) -> usize {
+/// How the open-files limit is shared out ([`shares`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Shares {
+    /// Connections held at once across all listeners.
+    pub connections: usize,
+    /// Idle mesh connections the pool keeps in all.
+    pub pooled: usize,
+}
+
+/// Shares out the open-files limit, read once at start: the pool keeps at
+/// most [`MAX_IDLE_TOTAL`] idle connections and [`OTHER_DESCRIPTORS`]
+/// are kept back (each at most a quarter of the limit); the rest goes to
+/// connections at two descriptors each (downstream and upstream), with at
+/// most `max_connections` per listener. So the admin server (kubelet's
+/// probes of the sidecar, scrapes) does not run out of descriptors:
+/// connections beyond the budget wait in the kernel's backlog. Warns when
+/// the limit, not `--max-connections`, sets the budget.
+pub fn shares(listeners: usize, max_connections: usize) -> Shares {
     let allowed = (listeners as u64).saturating_mul(max_connections as u64);
     let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return usize::try_from(allowed).unwrap_or(usize::MAX);
+        return Shares {
+            connections: usize::try_from(allowed).unwrap_or(usize::MAX),
+            pooled: MAX_IDLE_TOTAL,
+        };
     };
-    let reserve = (MAX_IDLE_TOTAL as u64 + OTHER_DESCRIPTORS).min(limit / 2);
-    let fits = (limit - reserve) / 2;
+    let others = OTHER_DESCRIPTORS.min(limit / 4);
+    let pooled = (MAX_IDLE_TOTAL as u64).min(limit / 4);
+    let fits = (limit - others - pooled) / 2;
     if fits < allowed {
         tracing::warn!(
             limit,
@@ -70,10 +86,13 @@ pub fn connection_budget(listeners: usize, max_connections: usize) -> usize {
             max_connections,
             "the open-files limit allows fewer connections than --max-connections on these \
              listeners: beyond the budget, new connections wait in the kernel's backlog; \
-             raise the container's nofile limit or lower --max-connections"
+             raise the container's nofile limit (--max-connections above the budget has no effect)"
         );
     }
-    usize::try_from(fits.min(allowed)).unwrap_or(usize::MAX)
+    Shares {
+        connections: usize::try_from(fits.min(allowed)).unwrap_or(usize::MAX),
+        pooled: usize::try_from(pooled).unwrap_or(MAX_IDLE_TOTAL),
+    }
 }
 
 /// `process_open_fds`, `process_max_fds`, `process_resident_memory_bytes`

@@ -22,8 +22,9 @@
 //! - while the sidecar is not draining.
 //!
 //! Bounds: `--pool-max-idle` per endpoint (a connection given back beyond
-//! it is closed) and [`MAX_IDLE_TOTAL`] in all (the longest idle one is
-//! closed to make room). A sweep closes each when it expires; the drain
+//! it is closed) and [`MAX_IDLE_TOTAL`] in all, less under a small
+//! open-files limit (`process.rs`; the longest idle one is closed to make
+//! room). A sweep closes each when it expires; the drain
 //! closes them all at once. The rest of the failure cases (a peer
 //! closing a pooled connection as a request goes out) are the replay rule's
 //! (`upstream.rs`): a pooled connection counts as reused.
@@ -109,15 +110,18 @@ pub struct Pool {
     /// Wakes the sweep for a connection that goes stale before `sweep_at`.
     earlier: Notify,
     max_idle: usize,
+    /// [`MAX_IDLE_TOTAL`], or less under a small open-files limit.
+    max_total: usize,
     metrics: Arc<ProxyMetrics>,
 }
 
 impl Pool {
-    pub fn new(limits: &Limits, metrics: Arc<ProxyMetrics>) -> Self {
+    pub fn new(limits: &Limits, max_total: usize, metrics: Arc<ProxyMetrics>) -> Self {
         Self {
             state: Mutex::default(),
             earlier: Notify::new(),
             max_idle: limits.pool_max_idle,
+            max_total: max_total.min(MAX_IDLE_TOTAL),
             metrics,
         }
     }
@@ -148,7 +152,7 @@ impl Pool {
     /// Keeps a connection whose app connection has ended, if it is ready
     /// for another request and within bounds; else closes it.
     pub async fn put(&self, mut sender: Sender, origin: Origin, drain: &Drain) {
-        if self.max_idle == 0 || drain.is_draining() {
+        if self.max_idle == 0 || self.max_total == 0 || drain.is_draining() {
             return;
         }
         if !matches!(
@@ -170,7 +174,7 @@ impl Pool {
         if state.idle.iter().filter(same).count() >= self.max_idle {
             return;
         }
-        if state.idle.len() >= MAX_IDLE_TOTAL {
+        if state.idle.len() >= self.max_total {
             self.remove(&mut state, 0);
         }
         self.gauge(&origin.service).inc();
