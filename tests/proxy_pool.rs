@@ -37,6 +37,14 @@ fn client(limits: Limits) -> Opts {
     }
 }
 
+/// web keeping at most `n` idle connections per endpoint.
+fn max_idle(n: usize) -> Opts {
+    client(Limits {
+        pool_max_idle: n,
+        ..Limits::default()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_connections_one_after_another_share_one_mesh_connection() {
     let m = mesh(http_app().await, Opts::default()).await;
@@ -55,11 +63,7 @@ async fn app_connections_one_after_another_share_one_mesh_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooling_off_makes_a_handshake_per_app_connection() {
-    let off = Limits {
-        pool_max_idle: 0,
-        ..Limits::default()
-    };
-    let m = mesh(http_app().await, client(off)).await;
+    let m = mesh(http_app().await, max_idle(0)).await;
     for handshakes in 1..=2 {
         assert_eq!(one_get(&m.web).await, 200);
         m.web
@@ -73,11 +77,7 @@ async fn pooling_off_makes_a_handshake_per_app_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_keeps_at_most_pool_max_idle_per_endpoint() {
-    let two = Limits {
-        pool_max_idle: 2,
-        ..Limits::default()
-    };
-    let m = mesh(http_app().await, client(two)).await;
+    let m = mesh(http_app().await, max_idle(2)).await;
     // Three app connections at once, each holding its own mesh connection.
     let mut apps = Vec::new();
     for _ in 0..3 {
