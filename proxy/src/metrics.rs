@@ -1,7 +1,8 @@
 //! The proxy's Prometheus metrics. Every family starts with `ward_` but the
-//! standard `process_*` ones (`process.rs`); labels are bounded: a direction, a reason from a fixed list, a result, and
-//! identities/services that the mesh file names (never paths, addresses or
-//! anything else a client picks freely).
+//! standard `process_*` ones (`process.rs`); labels are bounded: a
+//! direction, a reason from a fixed list, a result, and identities/services
+//! that the mesh file names (never paths, addresses or anything else a
+//! client picks freely).
 //!
 //! The `peer` label is, inbound, the verified client's SPIFFE ID only when
 //! the current mesh file names it exactly (a service's identity or an exact

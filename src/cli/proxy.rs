@@ -77,7 +77,8 @@ pub struct ProxyArgs {
     /// Close connections with no traffic either way for this long.
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "1h")]
     pub idle_timeout: String,
-    /// Per listener.
+    /// Per listener; all of them together hold no more than the open-files
+    /// limit leaves room for (ward_tcp_connection_budget).
     #[arg(long, env = "WARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Reuse an HTTP/1 mesh connection for the app's next connections to
