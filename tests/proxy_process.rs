@@ -138,6 +138,14 @@ async fn answer_to_get(mut app: TcpStream) -> String {
     answer.lines().next().unwrap_or("").to_string()
 }
 
+/// Waits (10 s at most) for the sidecar's first SVID.
+async fn wait_ready(admin: SocketAddr) {
+    let ready = poll(Duration::from_secs(10), || async {
+        get(admin, "/ready").await.0 == 200
+    });
+    assert!(ready.await, "ready (its SVID)");
+}
+
 const OUT: &str = "{direction=\"outbound\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,10 +202,7 @@ async fn connections_beyond_what_the_open_files_limit_allows_wait_and_the_admin_
     let (process, log, admin, forward) = web(&ca, "64:64", &["--max-connections", "1000"]);
     let warning = log.wait_for("the open-files limit allows fewer connections");
     assert_eq!(warning["fields"]["budget"], 16);
-    let ready = poll(Duration::from_secs(10), || async {
-        get(admin, "/ready").await.0 == 200
-    });
-    assert!(ready.await, "ready (its SVID)");
+    wait_ready(admin).await;
 
     let mut held = Vec::new();
     for _ in 0..100 {
@@ -231,10 +236,7 @@ async fn accepts_failing_for_want_of_descriptors_are_counted_logged_once_and_rec
     let ca = TestCa::start(DAY).await;
     let (process, log, admin, forward) = web(&ca, "256:256", &[]);
     let pid = process.0.id();
-    let ready = poll(Duration::from_secs(10), || async {
-        get(admin, "/ready").await.0 == 200
-    });
-    assert!(ready.await, "ready (its SVID)");
+    wait_ready(admin).await;
     // The soft limit lowered under the sidecar's feet to its lowest free
     // descriptor: once the few below it (if any) are taken, its accepts
     // fail with EMFILE.

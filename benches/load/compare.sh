@@ -131,11 +131,12 @@ for i in "${!names[@]}"; do
   cps[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   # hey's status line "[200]<tab>N responses"; its error lines start "[N]" too.
   n=$(awk '$1=="[200]" && $3=="responses" {print $2}' <<<"$out")
-  errs=$(awk '/Error distribution/ {e=1; next} e && $1 ~ /^\[[0-9]+\]$/ {gsub(/[][]/, "", $1); s+=$1} END {if (s) printf " %d failed", s}' <<<"$out")
+  errlines=$(awk '/Error distribution/ {e=1; next} e' <<<"$out")
+  errs=$(awk '$1 ~ /^\[[0-9]+\]$/ {gsub(/[][]/, "", $1); s+=$1} END {if (s) printf " %d failed", s}' <<<"$errlines")
   cpu=""
   [ "$name" != direct ] && [ "${n:-0}" -gt 0 ] && cpu=" proxies' CPU $(awk -v ms=$used -v n=$n 'BEGIN {printf "%.1f", ms * 1000 / n}') us/request"
   echo "$name: ${cps[$name]} req/s (${n:-0} answered 200${errs})${cpu}"
-  [ -z "$errs" ] || awk '/Error distribution/ {e=1; next} e' <<<"$out" | head -3 | sed 's/^/  /'
+  [ -z "$errs" ] || head -3 <<<"$errlines" | sed 's/^/  /'
 done
 echo "ratio ward/haproxy: $(awk -v a=${cps[ward]} -v b=${cps[haproxy]} 'BEGIN {printf "%.2f", a/b}')  ward/nginx: $(awk -v a=${cps[ward]} -v b=${cps[nginx]} 'BEGIN {printf "%.2f", a/b}')"
 fi

@@ -40,27 +40,35 @@ impl Log {
     /// Lines whose message starts with `message`.
     pub fn lines(&self, message: &str) -> Vec<Value> {
         let lines = self.0.lock().unwrap();
-        let matches = |l: &&Value| {
-            l["fields"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with(message)
-        };
-        lines.iter().filter(matches).cloned().collect()
+        lines.iter().filter(|l| says(l, message)).cloned().collect()
     }
 
     /// Waits (20 s at most) for the first line whose message starts with
     /// `message`.
     pub fn wait_for(&self, message: &str) -> Value {
+        self.wait_until(&format!("a log line {message:?}"), |lines| {
+            lines.iter().find(|l| says(l, message)).cloned()
+        })
+    }
+
+    /// Waits (20 s at most) until `found` finds something in the lines so
+    /// far; panics naming `what` if it never does.
+    fn wait_until<T>(&self, what: &str, found: impl Fn(&[Value]) -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(line) = self.lines(message).into_iter().next() {
-                return line;
+        loop {
+            if let Some(t) = found(&self.0.lock().unwrap()) {
+                return t;
             }
+            assert!(Instant::now() < deadline, "no {what} within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no log line {message:?} within 20 s");
     }
+}
+
+/// Whether a log line's message starts with `message`.
+fn says(line: &Value, message: &str) -> bool {
+    let text = line["fields"]["message"].as_str().unwrap_or("");
+    text.starts_with(message)
 }
 
 /// Spawns `cmd`, collecting its JSON log lines; they are also copied into
@@ -85,15 +93,12 @@ fn spawn_logged(mut cmd: Command) -> (WardProcess, Log) {
 /// listener.
 fn spawn_listening(cmd: Command) -> (WardProcess, SocketAddr) {
     let (process, log) = spawn_logged(cmd);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines = log.0.lock().unwrap().clone();
-        if let Some(listen) = lines.iter().find_map(|l| l["fields"]["listen"].as_str()) {
-            return (process, listen.parse().unwrap());
-        }
-        assert!(Instant::now() < deadline, "ward announced its listener");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listen = log.wait_until("listener announced", |lines| {
+        lines
+            .iter()
+            .find_map(|l| l["fields"]["listen"].as_str()?.parse().ok())
+    });
+    (process, listen)
 }
 
 /// `ward proxy ARGS` run by `prlimit --nofile=NOFILE` (`SOFT:HARD`), its
